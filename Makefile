@@ -1,0 +1,32 @@
+# Two entry points on a fresh machine with Python 3.11 and pip:
+#   make demo   set up .venv and run the default job (MAML on sinusoids, local Ray, sqlite MLflow)
+#   make test   set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export RAY_USAGE_STATS_ENABLED ?= 0
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: demo test bench venv clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,bench]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/metaorch train configs/sinusoid_maml.yaml
+
+test: venv
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: venv
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/maml_iteration.py
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/sinusoid_results.py
+
+clean:
+	rm -rf $(VENV) checkpoints mlruns mlflow.db

@@ -1,0 +1,43 @@
+"""Reduction of worker results into one outer step.
+
+Chunks are added in task-index order with one fixed-shape sum, so the outer step is
+bitwise the same whichever worker computed a chunk, how many workers there were, and
+whether a chunk was computed twice after a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tasks.base import TaskDescriptor
+from workers.worker import ChunkResult, WorkItem
+
+
+def chunk(tasks: Sequence[TaskDescriptor], chunk_size: int) -> list[WorkItem]:
+    return [
+        WorkItem(index=i, tasks=tuple(tasks[start : start + chunk_size]))
+        for i, start in enumerate(range(0, len(tasks), chunk_size))
+    ]
+
+
+@dataclass
+class Reduced:
+    direction: torch.Tensor  # mean over tasks
+    pre_loss: np.ndarray  # per task, in task order
+    post_loss: np.ndarray
+
+
+def reduce_in_order(results: Sequence[ChunkResult], num_chunks: int, num_tasks: int) -> Reduced:
+    ordered = sorted(results, key=lambda r: r.index)
+    if [r.index for r in ordered] != list(range(num_chunks)):
+        raise RuntimeError(f"expected chunks 0..{num_chunks - 1}, got {[r.index for r in ordered]}")
+    total = torch.from_numpy(np.stack([r.direction for r in ordered])).sum(0)
+    return Reduced(
+        direction=total / num_tasks,
+        pre_loss=np.concatenate([r.pre_loss for r in ordered]),
+        post_loss=np.concatenate([r.post_loss for r in ordered]),
+    )

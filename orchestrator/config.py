@@ -1,0 +1,191 @@
+"""The job configuration: typed, validated, and the same object for the CLI and the API.
+
+YAML files and ``--set a.b=value`` overrides are merged into a nested dict and validated by
+pydantic with unknown keys forbidden, so a typo is an error naming the field, never a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(Section):
+    name: Literal["sinusoid"] = "sinusoid"
+    shots: int = Field(10, ge=1, le=10_000, description="K: support examples per task")
+    queries: int = Field(10, ge=1, le=10_000, description="query examples per task in meta-training")
+
+
+class ModelConfig(Section):
+    hidden: list[int] = Field(default_factory=lambda: [40, 40])
+
+    @model_validator(mode="after")
+    def _positive(self) -> ModelConfig:
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be a non-empty list of positive widths, got {self.hidden}")
+        return self
+
+
+class AlgorithmConfig(Section):
+    name: Literal["maml", "fomaml", "metasgd", "reptile"] = "maml"
+    inner_lr: float = Field(0.01, gt=0, le=10)
+    inner_steps: int = Field(1, ge=1, le=1000)
+    vectorize: Literal["vmap", "loop"] = "vmap"
+
+
+class OuterConfig(Section):
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(0.001, gt=0, le=100)
+    final_lr: float | None = Field(None, ge=0, le=100, description="anneal linearly to this (Reptile's epsilon)")
+    meta_batch: int = Field(25, ge=1, le=100_000)
+    iterations: int = Field(10_000, ge=1)
+
+
+class WorkersConfig(Section):
+    num_workers: int = Field(2, ge=1, le=10_000)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    threads: int = Field(1, ge=1, le=256, description="torch threads inside each worker")
+    chunk_size: int = Field(13, ge=1, description="tasks per vectorised call; fixes the reduction order")
+    max_restarts: int = Field(10, ge=0, description="replacements of dead workers before the run fails")
+
+
+class EvalConfig(Section):
+    tasks: int = Field(600, ge=2)
+    steps: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    queries: int = Field(100, ge=1)
+    val_every: int = Field(500, ge=1)
+    val_tasks: int = Field(100, ge=2)
+    at_end: bool = True
+    plot_tasks: int = Field(4, ge=0, le=16)
+
+    @model_validator(mode="after")
+    def _steps(self) -> EvalConfig:
+        if not self.steps or any(s < 0 for s in self.steps):
+            raise ValueError(f"steps must be a non-empty list of non-negative step counts, got {self.steps}")
+        return self
+
+
+class CheckpointConfig(Section):
+    every: int = Field(1000, ge=1)
+    dir: str = "checkpoints"
+
+
+class TrackingConfig(Section):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = Field("metaorch", min_length=1)
+    run_name: str | None = None
+    log_every: int = Field(1, ge=1)
+
+
+class RayConfig(Section):
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance (default: all)")
+
+
+class Config(Section):
+    seed: int = Field(0, ge=0, lt=2**63)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    outer: OuterConfig = Field(default_factory=OuterConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"algorithm.inner_lr": 0.01, ...}``: the form MLflow params take."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, for example outer.lr=0.001")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{field}: unknown key")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{field}: {msg} (got {err.get('input')!r})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def from_dict(data: dict[str, Any], source: str = "") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or the defaults), apply ``--set`` overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"config file {path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+    return from_dict(data, source)

@@ -1,0 +1,44 @@
+"""Pictures for the MLflow run: what the meta-model predicts before and after adapting."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from algorithms.maml import MAML  # noqa: E402
+from tasks.base import TaskDescriptor, TaskFamily  # noqa: E402
+
+
+def regression_predictions(
+    learner: MAML,
+    family: TaskFamily,
+    meta_params: torch.Tensor,
+    tasks: Sequence[TaskDescriptor],
+    steps: int,
+    points: int = 200,
+):
+    """One panel per task: truth on a dense set of inputs, support points, pre and post prediction."""
+    meta_params = meta_params.detach().cpu()
+    batch = family.batch(list(tasks), queries=points)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        sx, sy = batch["support_x"][i], batch["support_y"][i]
+        qx, qy = batch["query_x"][i], batch["query_y"][i]
+        order = torch.argsort(qx[:, 0])
+        adapted = learner.adapt(meta_params, sx, sy, steps)
+        with torch.no_grad():
+            pre = learner.model(learner.weights(meta_params), qx)
+            post = learner.model(adapted, qx)
+        ax.plot(qx[order, 0], qy[order, 0], "k-", lw=1.5, label="truth")
+        ax.plot(qx[order, 0], pre[order, 0], "C0--", label="meta-init")
+        ax.plot(qx[order, 0], post[order, 0], "C3-", label=f"after {steps} step(s)")
+        ax.plot(sx[:, 0], sy[:, 0], "k^", ms=5, label=f"{len(sx)} support points")
+        ax.set_title(f"held-out task {tasks[i].index}")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,79 @@
+"""Checks of everything outside the config that a run needs, done before it takes anything.
+
+An unreachable Ray address or tracking server is reported in one line with exit code 2
+before Ray starts or an MLflow run is created, instead of after minutes of retries.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from orchestrator.errors import UserError
+
+TIMEOUT_S = 3.0
+_DB_SCHEMES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _tcp_reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def check_tracking_uri(uri: str) -> None:
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///")
+        if path not in ("", ":memory:"):
+            parent = Path(path).expanduser().absolute().parent
+            if not parent.is_dir():
+                raise UserError(f"tracking URI {uri}: directory {parent} does not exist")
+        return
+    if scheme in ("", "file"):
+        root = Path(parsed.path if scheme == "file" else uri).expanduser().absolute()
+        if not root.parent.is_dir():
+            raise UserError(f"tracking URI {uri}: directory {root.parent} does not exist")
+        return
+    if scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise UserError(f"tracking URI {uri}: no host")
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TIMEOUT_S) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            raise UserError(f"tracking URI {uri}: server answered HTTP {exc.code} on /health") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"tracking URI {uri} is unreachable: {reason}") from None
+        raise UserError(f"tracking URI {uri}: /health did not answer 200")
+    if scheme in _DB_SCHEMES:
+        host, port = parsed.hostname or "localhost", parsed.port or _DB_SCHEMES[scheme]
+        if not _tcp_reachable(host, port):
+            raise UserError(f"tracking URI {uri}: database {host}:{port} is unreachable")
+        return
+    raise UserError(f"tracking URI {uri}: unsupported scheme {parsed.scheme!r} (use sqlite:///, file:, http(s):// or a database URI)")
+
+
+def check_ray_address(address: str | None) -> None:
+    """``None``/"local" start a local instance; "auto" is resolved by Ray; host:port is probed."""
+    if address in (None, "", "local", "auto"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise UserError(
+            f"Ray address {address}: that is a dashboard/job-API URL; use the GCS address (HOST:6379) "
+            "or ray://HOST:10001 here"
+        )
+    target = address.removeprefix("ray://")
+    host, sep, port_s = target.rpartition(":")
+    if not sep or not port_s.isdigit() or not host:
+        raise UserError(f"Ray address {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    if not _tcp_reachable(host, int(port_s)):
+        raise UserError(f"Ray address {address} is unreachable (no answer on {host}:{port_s} within {TIMEOUT_S:.0f}s)")

@@ -1,0 +1,269 @@
+"""The meta-training loop and meta-test entry points: the typed API behind the CLI.
+
+Each meta-iteration: one ``ray.put`` of the flat parameters, one call per worker with its
+shard of task chunks, a reduction in task-index order, one outer step on the learner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import ray
+import torch
+import yaml
+
+from algorithms.meta_model import MetaModel
+from orchestrator import checkpoint as ckpt_io
+from orchestrator.aggregation import chunk, reduce_in_order
+from orchestrator.components import build_components
+from orchestrator.config import Config, from_dict
+from orchestrator.console import Progress
+from orchestrator.errors import UserError
+from orchestrator.evaluation import Estimate, meta_test
+from orchestrator.learner import Learner
+from orchestrator.plots import regression_predictions
+from orchestrator.preflight import check_ray_address, check_tracking_uri
+from orchestrator.session import check_capacity, ray_session
+from orchestrator.tracking import Tracker, client
+from tasks.base import descriptors
+from workers.pool import Resources, WorkerPool
+
+log = logging.getLogger(__name__)
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    tracking_uri: str
+    meta_params: torch.Tensor
+    iterations: int
+    checkpoint: Path
+    restarts: int
+    train_seconds: float
+    test: dict[int, Estimate] | None = None
+    test_run_id: str | None = None
+
+
+@dataclass
+class EvalResult:
+    estimates: dict[int, Estimate]
+    run_id: str | None = None  # the nested MLflow run, if one was logged
+    parent_run_id: str | None = None
+
+
+def resolve_checkpoint(source: str, tracking_uri: str, checkpoint_dir: str) -> ckpt_io.Checkpoint:
+    """A checkpoint file, a run's checkpoint directory, or an MLflow run id."""
+    path = Path(source)
+    if path.is_file():
+        return ckpt_io.load(path)
+    if path.is_dir():
+        return ckpt_io.load(path / ckpt_io.LATEST)
+    if not _RUN_ID.match(source):
+        raise UserError(f"{source}: no such checkpoint file or directory, and not an MLflow run id")
+    local = Path(checkpoint_dir) / source / ckpt_io.LATEST
+    if local.is_file():
+        return ckpt_io.load(local)
+    c = client(tracking_uri)
+    try:
+        c.get_run(source)
+    except Exception:
+        raise UserError(f"run {source} not found in tracking store {tracking_uri}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            got = c.download_artifacts(source, f"checkpoints/{ckpt_io.LATEST}", tmp)
+        except Exception:
+            raise UserError(f"run {source} has no checkpoint (checkpoints/{ckpt_io.LATEST}) in {tracking_uri}") from None
+        return ckpt_io.load(got)
+
+
+def _log_meta_test(tracker: Tracker, estimates: dict[int, Estimate], tasks: int) -> None:
+    tracker.log_params({"tasks": tasks, "steps": ",".join(map(str, estimates))})
+    for steps, est in estimates.items():
+        tracker.log_metrics({"test/loss": est.mean, "test/loss_ci95": est.ci95}, step=steps)
+        tracker.log_metrics({f"test/loss_step_{steps}": est.mean, f"test/loss_step_{steps}_ci95": est.ci95}, step=0)
+
+
+def _meta_test_run(config: Config, meta_params: torch.Tensor, uri: str, parent_run_id: str | None, tasks: int, steps: list[int]):
+    """Meta-test on fresh tasks; logged as a nested run of ``parent_run_id`` when there is one."""
+    family, learner = build_components(config)
+    test_tasks = descriptors(config.seed, "test", 0, tasks)
+    estimates = meta_test(learner, family, meta_params, test_tasks, steps, config.eval.queries)
+    run_id = None
+    if parent_run_id is not None:
+        child = Tracker.start(uri, config.tracking.experiment, run_name="meta-test", parent_run_id=parent_run_id)
+        _log_meta_test(child, estimates, tasks)
+        child.close()
+        run_id = child.run_id
+    return estimates, run_id
+
+
+def train(
+    config: Config,
+    *,
+    resume: str | None = None,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Meta-train as ``config`` says; returns the run with its final meta-parameters."""
+    uri = tracking_uri or config.tracking.uri
+    address = address or os.environ.get("RAY_ADDRESS") or config.ray.address
+    check_tracking_uri(uri)
+    check_ray_address(address)
+    start = resolve_checkpoint(resume, uri, config.checkpoint.dir) if resume else None
+
+    family, learner_fn = build_components(config)
+    meta_params = learner_fn.init_meta_params(config.seed)
+    if start is not None:
+        if start.meta_params.shape != meta_params.shape:
+            raise UserError(
+                f"--resume {resume}: checkpoint has {start.meta_params.numel()} meta-parameters, "
+                f"the config's model/algorithm has {meta_params.numel()}"
+            )
+        if start.iteration > config.outer.iterations:
+            raise UserError(
+                f"--resume {resume}: checkpoint is at iteration {start.iteration}, beyond "
+                f"outer.iterations={config.outer.iterations}"
+            )
+        meta_params = start.meta_params
+    learner = Learner(meta_params, config.outer)
+    if start is not None:
+        learner.load_state_dict(start.optimizer)
+        torch.set_rng_state(start.torch_rng)
+
+    with ray_session(address, config.ray.num_cpus):
+        check_capacity(config.workers)
+        w = config.workers
+        pool = WorkerPool(
+            partial(build_components, config),
+            w.num_workers,
+            Resources(num_cpus=w.num_cpus, num_gpus=w.num_gpus, threads=w.threads),
+            max_restarts=w.max_restarts,
+        )
+        tracker = Tracker.start(
+            uri,
+            config.tracking.experiment,
+            run_name=config.tracking.run_name,
+            run_id=start.run_id if start else None,
+        )
+        try:
+            return _loop(config, family, learner_fn, learner, pool, tracker, start.iteration if start else 0, progress)
+        finally:
+            pool.shutdown()
+
+
+def _loop(config, family, local_learner, learner: Learner, pool: WorkerPool, tracker: Tracker, first: int, progress: bool):
+    o, e = config.outer, config.eval
+    ckpt_dir = Path(config.checkpoint.dir) / tracker.run_id
+    if first == 0:
+        tracker.log_params(config.flat())
+    else:
+        tracker.set_tags({"metaorch.resumed_at_iteration": str(first)})
+    tracker.log_text(config.to_yaml(), "config.yaml")
+    val_tasks = descriptors(config.seed, "val", 0, e.val_tasks)
+    bar = Progress(o.iterations, initial=first, enabled=progress)
+
+    def save(done: int) -> Path:
+        state = ckpt_io.Checkpoint(done, learner.params, learner.state_dict(), torch.get_rng_state(), tracker.run_id, config.to_yaml())
+        path = ckpt_io.save(state, ckpt_dir)
+        tracker.log_artifact(str(path), "checkpoints")
+        tracker.log_artifact(str(ckpt_dir / ckpt_io.LATEST), "checkpoints")
+        return path
+
+    done, last_saved, restarts_logged = first, first, pool.restarts
+    started = time.perf_counter()
+    try:
+        for it in range(first, o.iterations):
+            t0 = time.perf_counter()
+            params_ref = ray.put(learner.snapshot())
+            items = chunk(descriptors(config.seed, "train", it, o.meta_batch), config.workers.chunk_size)
+            reduced = reduce_in_order(pool.run(params_ref, items), len(items), o.meta_batch)
+            lr = learner.step(reduced.direction, it)
+            done = it + 1
+            dt = time.perf_counter() - t0
+            metrics = {
+                "train/loss_pre": float(reduced.pre_loss.mean()),
+                "train/loss_post": float(reduced.post_loss.mean()),
+                "time/iteration_s": dt,
+                "time/tasks_per_s": o.meta_batch / dt,
+                "outer/lr": lr,
+            }
+            if pool.restarts != restarts_logged:
+                restarts_logged = pool.restarts
+                metrics["workers/restarts"] = pool.restarts
+            if done % e.val_every == 0 or done == o.iterations:
+                val = meta_test(local_learner, family, learner.params.detach(), val_tasks, [config.algorithm.inner_steps], e.queries)
+                metrics["val/loss"] = val[config.algorithm.inner_steps].mean
+            if done % config.tracking.log_every == 0 or "val/loss" in metrics:
+                tracker.log_metrics(metrics, step=done)
+            bar.update(done, {k.split("/")[1]: v for k, v in metrics.items() if k.startswith(("train", "val"))} | {"tasks/s": metrics["time/tasks_per_s"]})
+            if done % config.checkpoint.every == 0 and done < o.iterations:
+                save(done)
+                last_saved = done
+    except BaseException:
+        bar.close()
+        if done > last_saved:
+            path = save(done)
+            print(f"[metaorch] interrupted; saved checkpoint at iteration {done}: {path}", flush=True)
+        tracker.close(status="KILLED")
+        raise
+    bar.close()
+    train_seconds = time.perf_counter() - started
+    final = save(done)
+    tracker.log_metrics({"time/train_s": train_seconds}, step=done)
+
+    result = RunResult(tracker.run_id, tracker.uri, learner.params.detach().clone(), done, final, pool.restarts, train_seconds)
+    final_params = learner.params.detach()
+    if e.at_end:
+        result.test, result.test_run_id = _meta_test_run(config, final_params, tracker.uri, tracker.run_id, e.tasks, e.steps)
+    if e.plot_tasks:
+        plot_tasks = descriptors(config.seed, "test", 1, e.plot_tasks)
+        fig = regression_predictions(local_learner, family, final_params, plot_tasks, config.algorithm.inner_steps)
+        tracker.log_figure(fig, "predictions.png")
+    net = local_learner.model.to_module(local_learner.weights(final_params))
+    lrs = local_learner.inner_lrs(final_params)
+    tracker.log_torch_model(MetaModel(net, lrs if isinstance(lrs, float) else lrs.detach().clone(), config.algorithm.inner_steps, family.loss))
+    tracker.close()
+    return result
+
+
+def evaluate(
+    source: str,
+    *,
+    tasks: int | None = None,
+    steps: list[int] | None = None,
+    tracking_uri: str | None = None,
+    checkpoint_dir: str = "checkpoints",
+) -> EvalResult:
+    """Meta-test a run or checkpoint on fresh tasks; logged as a nested run of its training run."""
+    uri = tracking_uri or Config().tracking.uri
+    check_tracking_uri(uri)
+    ckpt = resolve_checkpoint(source, uri, checkpoint_dir)
+    config = from_dict(yaml.safe_load(ckpt.config_yaml), f"in checkpoint {source}")
+    tasks = tasks or config.eval.tasks
+    steps = steps or config.eval.steps
+    parent = ckpt.run_id
+    if parent is not None:
+        try:
+            client(uri).get_run(parent)
+        except Exception:
+            log.warning("training run %s is not in %s; the meta-test is not logged", parent, uri)
+            parent = None
+    estimates, run_id = _meta_test_run(config, ckpt.meta_params, uri, parent, tasks, steps)
+    return EvalResult(estimates, run_id, parent)
+
+
+def print_estimates(estimates: dict[int, Estimate], label: str = "meta-test MSE") -> None:
+    for steps, est in estimates.items():
+        print(f"{label} after {steps} inner step(s): {est} (95% CI, {est.n} tasks)")
+
+
+__all__ = ["EvalResult", "RunResult", "evaluate", "print_estimates", "train"]

@@ -1,0 +1,42 @@
+"""One real local Ray instance per test session; every test works in its own directory."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import pytest  # noqa: E402
+
+from orchestrator.config import Config, from_dict  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in a fresh directory so mlflow.db and checkpoints/ never leak between tests."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def tiny_config(**sections) -> Config:
+    """A few-second sinusoid job; sections override the defaults, e.g. outer={"iterations": 5}."""
+    base = {
+        "outer": {"iterations": 20, "meta_batch": 8},
+        "workers": {"num_workers": 2, "num_cpus": 0.5, "chunk_size": 2},
+        "eval": {"tasks": 20, "steps": [1, 5], "val_every": 10, "val_tasks": 10, "plot_tasks": 2},
+        "checkpoint": {"every": 10},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
+    return from_dict(base, "(test)")

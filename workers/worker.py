@@ -1,0 +1,74 @@
+"""The worker: rebuilds tasks from descriptors and runs the inner loop for them.
+
+A plain class, so tests call it without Ray; :mod:`workers.pool` turns it into an actor.
+It is built from a picklable ``build`` callable (garage's WorkerFactory idea), so this
+package never imports the driver's configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from algorithms.base import MetaLearner
+from tasks.base import TaskDescriptor, TaskFamily
+
+Build = Callable[[], tuple[TaskFamily, MetaLearner]]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A chunk of tasks: the unit of computation and of reduction order."""
+
+    index: int
+    tasks: tuple[TaskDescriptor, ...]
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    direction: np.ndarray  # summed over the chunk's tasks
+    pre_loss: np.ndarray  # per task
+    post_loss: np.ndarray  # per task
+
+
+def device_for(num_gpus: float) -> torch.device:
+    """A worker that was given (a fraction of) a GPU computes on it; Ray sets CUDA_VISIBLE_DEVICES."""
+    if num_gpus > 0 and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+class MetaWorker:
+    def __init__(self, build: Build, threads: int = 1, num_gpus: float = 0.0):
+        torch.set_num_threads(threads)
+        self.device = device_for(num_gpus)
+        self.family, self.learner = build()
+        self.learner.model.to(self.device)
+
+    def run(self, params: np.ndarray, items: Sequence[WorkItem]) -> list[ChunkResult]:
+        """Outer-update contributions of each chunk, computed at ``params``."""
+        meta_params = torch.as_tensor(np.array(params, copy=True), device=self.device)
+        results = []
+        for item in items:
+            batch = {k: v.to(self.device) for k, v in self.family.batch(list(item.tasks)).items()}
+            update = self.learner.outer_update(meta_params, batch)
+            results.append(
+                ChunkResult(
+                    index=item.index,
+                    direction=update.direction.cpu().numpy(),
+                    pre_loss=update.pre_loss.cpu().numpy(),
+                    post_loss=update.post_loss.cpu().numpy(),
+                )
+            )
+        return results
+
+    def info(self) -> dict[str, object]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "device": str(self.device)}
