@@ -7,8 +7,21 @@ The Python API is the CLI's::
     evaluate(run.run_id, steps=[1, 5, 10])
 """
 
+from typing import Any
+
 from orchestrator.config import Config, load_config
 from orchestrator.errors import UserError
-from orchestrator.trainer import EvalResult, RunResult, evaluate, train
+
+_TRAINER = ("EvalResult", "RunResult", "evaluate", "train")
+
+
+def __getattr__(name: str) -> Any:
+    """The training API pulls in Ray, torch and MLflow; load it on first use, not on import."""
+    if name in _TRAINER:
+        from orchestrator import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+
 
 __all__ = ["Config", "EvalResult", "RunResult", "UserError", "evaluate", "load_config", "train"]

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.errors import UserError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TaskConfig(Section):
@@ -29,11 +29,12 @@ class TaskConfig(Section):
 class ModelConfig(Section):
     hidden: list[int] = Field(default_factory=lambda: [40, 40])
 
-    @model_validator(mode="after")
-    def _positive(self) -> ModelConfig:
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {self.hidden}")
-        return self
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, hidden: list[int]) -> list[int]:
+        if not hidden or any(h < 1 for h in hidden):
+            raise ValueError("must be a non-empty list of positive widths")
+        return hidden
 
 
 class AlgorithmConfig(Section):
@@ -69,11 +70,12 @@ class EvalConfig(Section):
     at_end: bool = True
     plot_tasks: int = Field(4, ge=0, le=16)
 
-    @model_validator(mode="after")
-    def _steps(self) -> EvalConfig:
-        if not self.steps or any(s < 0 for s in self.steps):
-            raise ValueError(f"steps must be a non-empty list of non-negative step counts, got {self.steps}")
-        return self
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if not steps or any(s < 0 for s in steps):
+            raise ValueError("must be a non-empty list of non-negative step counts")
+        return steps
 
 
 class CheckpointConfig(Section):
@@ -182,7 +184,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"config file {path} is not valid YAML: {getattr(exc, 'problem', None) or exc.__class__.__name__}{where}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise UserError(f"config file {path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}

@@ -69,6 +69,7 @@ class Tracker:
         self.experiment_id = experiment_id
         self.client = client(uri)
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._wake = threading.Event()  # set by close(): cuts a retry backoff short
         self._thread = threading.Thread(target=self._drain, name="mlflow-sink", daemon=True)
         self._thread.start()
 
@@ -121,7 +122,17 @@ class Tracker:
         self._queue.put(("call", lambda: self.client.log_text(self.run_id, text, artifact_file)))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self._queue.put(("call", lambda: self.client.log_figure(self.run_id, figure, artifact_file)))
+        """Uploads, then closes the matplotlib figure (pyplot keeps every open one alive)."""
+
+        def upload() -> None:
+            import matplotlib.pyplot as plt
+
+            try:
+                self.client.log_figure(self.run_id, figure, artifact_file)
+            finally:
+                plt.close(figure)
+
+        self._queue.put(("call", upload))
 
     def log_torch_model(self, module: Any, artifact_path: str = "model") -> None:
         """An MLflow pytorch-flavour model under the run's artifacts; loads with mlflow.pytorch.load_model."""
@@ -144,11 +155,13 @@ class Tracker:
 
     # -- the sink thread -----------------------------------------------------------------
     def _send_metrics(self, batch: list[tuple[dict[str, float], int, int]]) -> None:
+        """One ``log_batch`` per 1000 metrics, each retried alone so none is sent twice."""
         from mlflow.entities import Metric
 
         metrics = [Metric(k, float(v), ts, step) for values, step, ts in batch for k, v in values.items()]
         for i in range(0, len(metrics), _MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + _MAX_BATCH])
+            part = metrics[i : i + _MAX_BATCH]
+            self._with_retry(lambda p=part: self.client.log_batch(self.run_id, metrics=p), "log_batch")
 
     def _with_retry(self, action: Callable[[], None], what: str) -> None:
         delay = 0.5
@@ -164,8 +177,15 @@ class Tracker:
                     log.error("MLflow: giving up on %s at close: %s", what, exc)
                     return
                 log.warning("MLflow: %s failed (%s); retrying in %.1fs", what, exc.__class__.__name__, delay)
-                time.sleep(delay)
+                self._backoff(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _backoff(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, but never past the close deadline (close() wakes the sink)."""
+        end = time.monotonic() + delay
+        self._wake.wait(delay)
+        if self._closing:
+            time.sleep(max(0.0, min(end, self._deadline) - time.monotonic()))
 
     _closing = False
     _deadline = float("inf")
@@ -197,14 +217,14 @@ class Tracker:
                     metrics.append(it[1])
                     continue
                 if metrics:
-                    self._with_retry(lambda m=metrics: self._send_metrics(m), "log_batch")
+                    self._send_metrics(metrics)
                     metrics = []
                 if it is None:
                     done = True
                 else:
                     self._with_retry(it[1], "call")
             if metrics:
-                self._with_retry(lambda m=metrics: self._send_metrics(m), "log_batch")
+                self._send_metrics(metrics)
 
     def flush(self, timeout: float = 120.0) -> None:
         """Wait until everything queued so far has been sent (or ``timeout`` passes)."""
@@ -214,6 +234,8 @@ class Tracker:
 
     def close(self, status: str = "FINISHED", timeout: float = 120.0) -> None:
         self._queue.put(("call", lambda: self.client.set_terminated(self.run_id, status=status)))
-        self._closing, self._deadline = True, time.monotonic() + timeout
+        self._deadline = time.monotonic() + timeout
+        self._closing = True
+        self._wake.set()
         self._queue.put(None)
         self._thread.join(timeout + 5)

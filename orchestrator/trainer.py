@@ -71,6 +71,8 @@ def resolve_checkpoint(source: str, tracking_uri: str, checkpoint_dir: str) -> c
     local = Path(checkpoint_dir) / source / ckpt_io.LATEST
     if local.is_file():
         return ckpt_io.load(local)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"run {source} not found: tracking store {tracking_uri} does not exist")  # and do not create it
     c = client(tracking_uri)
     try:
         c.get_run(source)

@@ -9,6 +9,7 @@ exactly what the dead actor would have.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from ray.exceptions import RayActorError
 from workers.worker import Build, ChunkResult, MetaWorker, WorkItem
 
 log = logging.getLogger(__name__)
+NAME_PREFIX = "metaorch-worker-"
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,14 @@ class WorkerPool:
         self.max_restarts = max_restarts
         self.restarts = 0
         self._actor_cls = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)(MetaWorker)
-        self.actors = [self._spawn() for _ in range(num_workers)]
+        self._prefix = f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}"
+        self.actors = [self._spawn(slot) for slot in range(num_workers)]
 
-    def _spawn(self):
+    def _spawn(self, slot: int):
+        """Named ``metaorch-worker-<pool>-<slot>-<restart>`` so the dashboard shows who is who."""
         r = self.resources
-        return self._actor_cls.remote(self.build, r.threads, r.num_gpus)
+        name = f"{self._prefix}-{slot}-{self.restarts}"
+        return self._actor_cls.options(name=name).remote(self.build, r.threads, r.num_gpus)
 
     def _replace(self, slot: int) -> None:
         self.restarts += 1
@@ -65,7 +70,7 @@ class WorkerPool:
             ray.kill(self.actors[slot])
         except Exception:  # already gone
             pass
-        self.actors[slot] = self._spawn()
+        self.actors[slot] = self._spawn(slot)
 
     def info(self) -> list[dict[str, object]]:
         return ray.get([a.info.remote() for a in self.actors])

@@ -1,0 +1,127 @@
+"""The orchestrator's guarantees, on a real local Ray instance.
+
+Results never depend on the number of workers, on a worker dying mid-iteration, or on a
+run being stopped and resumed: all three are compared bitwise (``torch.equal``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from conftest import tiny_config
+from orchestrator.aggregation import chunk
+from orchestrator.components import build_components
+from orchestrator.trainer import train
+from tasks.base import descriptors
+from workers.pool import NAME_PREFIX, Resources, WorkerPool, shard
+
+
+def _train(config, **kw):
+    return train(config, progress=False, **kw)
+
+
+def test_shards_are_contiguous_and_cover_every_item():
+    items = chunk(descriptors(0, "train", 0, 25), 4)
+    for parts in (1, 2, 3, 4, 7, 10):
+        shards = shard(items, parts)
+        assert [i.index for s in shards for i in s] == list(range(len(items)))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_same_parameters_with_1_2_and_4_workers(ray_session, workdir, algorithm):
+    """Chunks fix the arithmetic; the learner reduces them in task order."""
+    finals = []
+    for n in (1, 2, 4):
+        config = tiny_config(
+            algorithm={"name": algorithm},
+            outer={"iterations": 20, "meta_batch": 10},
+            workers={"num_workers": n, "num_cpus": 0.5, "chunk_size": 3},
+            eval={"at_end": False, "plot_tasks": 0},
+        )
+        finals.append(_train(config).meta_params)
+    initial = build_components(tiny_config(algorithm={"name": algorithm}))[1].init_meta_params(0)
+    assert not torch.equal(finals[0], initial)  # it trained
+    assert torch.equal(finals[0], finals[1])
+    assert torch.equal(finals[0], finals[2])
+
+
+def test_pool_reruns_the_shard_of_a_killed_worker(ray_session):
+    config = tiny_config(outer={"meta_batch": 12}, workers={"chunk_size": 3})
+    family, learner = build_components(config)
+    params = ray.put(learner.init_meta_params(0).numpy())
+    items = chunk(descriptors(0, "train", 0, 12), 3)
+    pool = WorkerPool(functools.partial(build_components, config), 2, Resources(num_cpus=0.5))
+    try:
+        undisturbed = pool.run(params, items)
+        victim = pool.info()[1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        rerun = pool.run(params, items)
+        assert pool.restarts == 1
+        assert [r.index for r in rerun] == [r.index for r in undisturbed]
+        for a, b in zip(undisturbed, rerun):
+            assert (a.direction == b.direction).all() and (a.post_loss == b.post_loss).all()
+        assert pool.info()[1]["pid"] != victim
+    finally:
+        pool.shutdown()
+
+
+def _kill_a_worker_once_running(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL one metaorch worker process from outside, as a crash would."""
+    while not stop.is_set():
+        names = sorted(n for n in ray.util.list_named_actors() if n.startswith(NAME_PREFIX))
+        if len(names) >= 2:
+            time.sleep(0.5)  # let a few iterations run first
+            pid = ray.get(ray.get_actor(names[-1]).info.remote())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_worker_killed_mid_run_is_replaced_and_result_unchanged(ray_session, workdir):
+    config = tiny_config(outer={"iterations": 400, "meta_batch": 8}, eval={"at_end": False, "plot_tasks": 0, "val_every": 1000})
+    reference = _train(config)
+    assert reference.restarts == 0
+
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_a_worker_once_running, args=(stop, killed))
+    killer.start()
+    try:
+        disturbed = _train(config)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "the run ended before a worker could be killed; make it longer"
+    assert disturbed.restarts >= 1
+    assert torch.equal(reference.meta_params, disturbed.meta_params)
+
+
+def test_resume_from_30_to_60_equals_an_uninterrupted_60(ray_session, workdir):
+    quiet = {"at_end": False, "plot_tasks": 0}
+    straight = _train(tiny_config(outer={"iterations": 60}, eval=quiet))
+    first = _train(tiny_config(outer={"iterations": 30}, eval=quiet))
+    resumed = _train(tiny_config(outer={"iterations": 60}, eval=quiet), resume=first.run_id)
+    assert resumed.run_id == first.run_id
+    assert resumed.iterations == 60
+    assert torch.equal(straight.meta_params, resumed.meta_params)
+
+    ckpt = torch.load(resumed.checkpoint, weights_only=True)
+    assert ckpt["iteration"] == 60
+    assert torch.equal(ckpt["meta_params"], resumed.meta_params)
+
+
+def test_resume_from_a_checkpoint_file(ray_session, workdir):
+    quiet = {"at_end": False, "plot_tasks": 0}
+    straight = _train(tiny_config(outer={"iterations": 20}, eval=quiet))
+    first = _train(tiny_config(outer={"iterations": 10}, eval=quiet))
+    resumed = _train(tiny_config(outer={"iterations": 20}, eval=quiet), resume=str(first.checkpoint))
+    assert torch.equal(straight.meta_params, resumed.meta_params)

@@ -1,0 +1,269 @@
+"""MLflow tracking end to end: a real ``mlflow server``, the sqlite store, and a dead server.
+
+The server is started once for the module (sqlite backend, proxied local artifact store);
+every check reads back through ``MlflowClient``, exactly what a user would see in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from orchestrator.components import build_components
+from orchestrator.tracking import Tracker
+from tasks import descriptors
+
+SERVER_START_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow_bin() -> str:
+    here = Path(sys.executable).parent / "mlflow"
+    if here.is_file():
+        return str(here)
+    found = shutil.which("mlflow")
+    if found is None:
+        pytest.fail("no mlflow executable next to the interpreter or on PATH")
+    return found
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on a free local port; yields its URL and stops it at the end."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = root / "server.log"
+    cmd = [
+        _mlflow_bin(),
+        "server",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--serve-artifacts",
+    ]  # fmt: skip
+    # The job runner (7 background consumer processes) is for GenAI features this project never
+    # uses; without it the server starts faster and leaves the 2 CPUs to training.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while not _healthy(url):
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {SERVER_START_S:.0f}s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _artifact_paths(c, run_id: str, path: str | None = None) -> set[str]:
+    """Every artifact file of the run, recursively, as paths relative to the run's root."""
+    out: set[str] = set()
+    for info in c.list_artifacts(run_id, path):
+        if info.is_dir:
+            out |= _artifact_paths(c, run_id, info.path)
+        else:
+            out.add(info.path)
+    return out
+
+
+def _steps(c, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in c.get_metric_history(run_id, key))
+
+
+def _check_run(url: str, config, result, *, full: bool) -> None:
+    """What ``train`` must leave in the tracking store, read back through the public client."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(url)
+    run = c.get_run(result.run_id)
+    n = config.outer.iterations
+    assert run.info.status == "FINISHED"
+
+    params = run.data.params
+    flat = config.flat()
+    for key in ("algorithm.name", "outer.meta_batch", "outer.iterations", "workers.num_workers", "eval.val_every"):
+        assert params[key] == str(flat[key]), key
+    assert params["algorithm.name"] == config.algorithm.name
+    assert params["outer.meta_batch"] == str(config.outer.meta_batch)
+
+    history = c.get_metric_history(result.run_id, "train/loss_post")
+    assert sorted(m.step for m in history) == list(range(1, n + 1))  # one value per iteration, none twice
+    val_expected = sorted({s for s in range(1, n + 1) if s % config.eval.val_every == 0} | {n})
+    assert _steps(c, result.run_id, "val/loss") == val_expected
+    assert _steps(c, result.run_id, "time/train_s") == [n]
+
+    files = _artifact_paths(c, result.run_id)
+    assert {"config.yaml", "checkpoints/latest.pt", "model/MLmodel"} <= files, files
+    assert f"checkpoints/ckpt_{n:08d}.pt" in files
+    if full:
+        assert "predictions.png" in files
+
+    # The nested meta-test run.
+    assert result.test_run_id is not None
+    child = c.get_run(result.test_run_id)
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == result.run_id
+    assert child.info.experiment_id == run.info.experiment_id
+    for s in config.eval.steps:
+        assert child.data.metrics[f"test/loss_step_{s}"] == pytest.approx(result.test[s].mean)
+    assert sorted(m.step for m in c.get_metric_history(result.test_run_id, "test/loss")) == sorted(config.eval.steps)
+    children = c.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert [r.info.run_id for r in children] == [result.test_run_id]
+
+
+def _check_model(url: str, config, result, monkeypatch) -> None:
+    """The logged model loads as an nn.Module equal to the final meta-parameters, and adapts."""
+    import mlflow.pytorch
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # what runs:/ URIs resolve against
+    model = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
+    assert isinstance(model, nn.Module)
+
+    family, learner = build_components(config)
+    x = torch.linspace(-5, 5, 50).unsqueeze(-1)
+    with torch.no_grad():
+        expected = learner.model(learner.weights(result.meta_params), x)
+        got = model(x)
+    torch.testing.assert_close(got, expected)
+
+    batch = family.batch(descriptors(config.seed, "test", 7, 1))
+    sx, sy = batch["support_x"][0], batch["support_y"][0]
+    adapted = model.adapt(sx, sy)
+    assert isinstance(adapted, nn.Module)
+    # The same inner loop as the learner's: adapted weights give the learner's adapted prediction.
+    want = learner.model(learner.adapt(result.meta_params, sx, sy, config.algorithm.inner_steps), x).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(x), want, rtol=1e-4, atol=1e-5)
+    # adapt must not touch the meta-initialisation.
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+
+
+# -- the tests -----------------------------------------------------------------------------
+def test_train_logs_everything_to_a_tracking_server(mlflow_server, ray_session, workdir, monkeypatch):
+    from orchestrator.trainer import train
+
+    config = tiny_config(
+        outer={"iterations": 6},
+        eval={"val_every": 3, "tasks": 10, "steps": [1, 5], "val_tasks": 4, "queries": 20, "plot_tasks": 2},
+        checkpoint={"every": 3},
+        tracking={"experiment": "server-roundtrip"},
+    )
+    result = train(config, tracking_uri=mlflow_server, progress=False)
+    assert result.tracking_uri == mlflow_server
+    assert result.iterations == 6
+    _check_run(mlflow_server, config, result, full=True)
+
+    from mlflow.tracking import MlflowClient
+
+    files = _artifact_paths(MlflowClient(mlflow_server), result.run_id)
+    assert "checkpoints/ckpt_00000003.pt" in files  # the intermediate checkpoint too
+    _check_model(mlflow_server, config, result, monkeypatch)
+
+
+def test_train_round_trip_with_default_sqlite_store(ray_session, workdir, monkeypatch):
+    from orchestrator.trainer import train
+
+    config = tiny_config(
+        outer={"iterations": 4},
+        eval={"val_every": 2, "tasks": 6, "steps": [1, 2], "val_tasks": 4, "queries": 10, "plot_tasks": 0},
+        checkpoint={"every": 100},
+    )
+    assert config.tracking.uri == "sqlite:///mlflow.db"
+    result = train(config, progress=False)
+    assert result.tracking_uri == "sqlite:///mlflow.db"
+    assert (workdir / "mlflow.db").is_file()
+    _check_run(config.tracking.uri, config, result, full=False)
+    _check_model(config.tracking.uri, config, result, monkeypatch)
+
+
+def test_sink_never_blocks_training(workdir):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'sink.db'}"
+    tracker = Tracker.start(uri, "sink")
+    n = 10_000
+    t0 = time.perf_counter()
+    for step in range(n):
+        tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5, f"{n} log_metrics calls took {elapsed:.3f}s"
+    tracker.close(timeout=60)
+    assert not tracker._thread.is_alive()
+
+    c = MlflowClient(uri)
+    history = c.get_metric_history(tracker.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(n))
+    assert {m.step: m.value for m in history}[9] == pytest.approx(0.1)
+    assert c.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_dead_server_never_blocks_logging_and_close_is_bounded(caplog):
+    import mlflow.tracking  # noqa: F401  (time the client, not the first import of mlflow)
+
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    tracker = Tracker(url, run_id="0" * 32, experiment_id="0")
+    assert time.perf_counter() - t0 < 2.0  # building the client does not talk to the server
+
+    t0 = time.perf_counter()
+    tracker.log_params({"a": 1, "b": "two"})
+    tracker.set_tags({"k": "v"})
+    tracker.log_text("hello", "notes.txt")
+    for step in range(5_000):
+        tracker.log_metrics({"loss": float(step), "acc": 0.5}, step=step)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5, f"logging against a dead server took {elapsed:.3f}s"
+
+    # Let the sink get into a long backoff (0.5, 1, 2, then 4 s) before closing.
+    deadline = time.monotonic() + 30
+    while not any("retrying in 4.0s" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the sink never retried against the dead server"
+        time.sleep(0.05)
+    t0 = time.perf_counter()
+    tracker.close(timeout=2)
+    closed_in = time.perf_counter() - t0
+    # close() cuts the backoff short: timeout plus one failed attempt, not the rest of the sleep.
+    assert closed_in < 3.5, f"close(timeout=2) took {closed_in:.1f}s"
+    assert not tracker._thread.is_alive(), "the sink thread outlived close()"
+    assert any("giving up" in r.getMessage() for r in caplog.records)
