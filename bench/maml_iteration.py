@@ -1,10 +1,13 @@
 """One second-order MAML meta-iteration three ways, side by side in one process tree.
 
 Meta-batch 25, K=10, one inner step, sinusoid MLP 1-40-40-1:
-  plain     single process, ``torch.func.vmap`` over the 25 tasks (the same algorithm code)
+  plain     single process, ``torch.func.vmap`` over the 25 tasks (the same algorithm code);
+            also with ``algorithm.vectorize=loop`` to show why vmap is this model's choice
   orch      ``orchestrator.train`` with one Ray worker (ray.put, actor call, ordered reduce, outer step)
   higher    single process, per-task loop with ``higher.innerloop_ctx``
-Targets (issue 2): orch <= 1.5x plain, and higher / orch >= 5.
+Targets (issue 2): orch <= 1.5x plain, and higher / orch >= 5. A second, heavier setting
+(meta-batch 100, 5 inner steps) shows how the fixed per-iteration cost of Ray shrinks
+relative to the work.
 
     python bench/maml_iteration.py [--iterations 2000]
 """
@@ -31,11 +34,11 @@ from tasks.base import descriptors  # noqa: E402
 META_BATCH = 25
 
 
-def bench_config(iterations: int, workers: int = 1, chunk: int = META_BATCH) -> Config:
+def bench_config(iterations: int, workers: int = 1, chunk: int = META_BATCH, meta_batch: int = META_BATCH, inner_steps: int = 1) -> Config:
     return from_dict(
         {
-            "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
-            "outer": {"meta_batch": META_BATCH, "iterations": iterations},
+            "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": inner_steps},
+            "outer": {"meta_batch": meta_batch, "iterations": iterations},
             "workers": {"num_workers": workers, "num_cpus": 1, "threads": 1, "chunk_size": chunk},
             "eval": {"at_end": False, "plot_tasks": 0, "val_every": 10**9},
             "checkpoint": {"every": 10**9},
@@ -51,9 +54,9 @@ def plain_vmap(config: Config) -> list[float]:
     times = []
     for it in range(config.outer.iterations):
         t0 = time.perf_counter()
-        batch = family.batch(descriptors(config.seed, "train", it, META_BATCH))
+        batch = family.batch(descriptors(config.seed, "train", it, config.outer.meta_batch))
         update = learner.outer_update(outer.params.detach(), batch)
-        outer.step(update.direction / META_BATCH, it)
+        outer.step(update.direction / config.outer.meta_batch, it)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -118,12 +121,21 @@ def main() -> None:
     print(f"MAML meta-iteration: meta-batch {META_BATCH}, K=10, 1 inner step, second order; torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs")
     plain = summary("plain vmap (1 process)", plain_vmap(config), skip)
+    loop_config = config.model_copy(update={"algorithm": config.algorithm.model_copy(update={"vectorize": "loop"})})
+    loop = summary("plain per-task loop (1 process)", plain_vmap(loop_config.model_copy(update={"outer": config.outer.model_copy(update={"iterations": 300})})), skip)
     orch_times, train_s = orchestrated(config)
     orch = summary("orchestrator, 1 worker", orch_times, skip)
     print(f"{'orchestrator, 1 worker, wall/iter':<34} {train_s / args.iterations * 1e3:7.2f} ms   (whole loop incl. logging)")
     hi = summary("higher (1 process, per-task loop)", with_higher(config, args.higher_iterations), 5)
+    print(f"ratio loop / vmap (plain)       = {loop / plain:.1f}    (vmap is the default for MLPs)")
     print(f"ratio orchestrator / plain vmap = {orch / plain:.2f}   (target <= 1.5)")
     print(f"ratio higher / orchestrator     = {hi / orch:.1f}    (target >= 5)")
+
+    heavy = bench_config(args.iterations // 4, chunk=100, meta_batch=100, inner_steps=5)
+    print("\nheavier: meta-batch 100, K=10, 5 inner steps, second order")
+    plain_h = summary("plain vmap (1 process)", plain_vmap(heavy), skip)
+    orch_h = summary("orchestrator, 1 worker", orchestrated(heavy)[0], skip)
+    print(f"ratio orchestrator / plain vmap = {orch_h / plain_h:.2f}")
 
 
 if __name__ == "__main__":

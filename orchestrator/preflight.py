@@ -26,6 +26,20 @@ def _tcp_reachable(host: str, port: int) -> bool:
         return False
 
 
+def resolve_tracking_uri(uri: str) -> str:
+    """Anchor a relative sqlite path to the current directory now.
+
+    MLflow caches one store per URI string for the life of the process, so a relative
+    ``sqlite:///mlflow.db`` would otherwise keep pointing into whatever directory was
+    current when it was first opened.
+    """
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            return "sqlite:///" + str(Path(path).expanduser().absolute())
+    return uri
+
+
 def check_tracking_uri(uri: str) -> None:
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]

@@ -9,8 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,6 +23,7 @@ import ray
 import torch
 import yaml
 
+from algorithms.maml import MAML
 from algorithms.meta_model import MetaModel
 from orchestrator import checkpoint as ckpt_io
 from orchestrator.aggregation import chunk, reduce_in_order
@@ -29,10 +34,10 @@ from orchestrator.errors import UserError
 from orchestrator.evaluation import Estimate, meta_test
 from orchestrator.learner import Learner
 from orchestrator.plots import regression_predictions
-from orchestrator.preflight import check_ray_address, check_tracking_uri
+from orchestrator.preflight import check_ray_address, check_tracking_uri, resolve_tracking_uri
 from orchestrator.session import check_capacity, ray_session
 from orchestrator.tracking import Tracker, client
-from tasks.base import descriptors
+from tasks.base import TaskFamily, descriptors
 from workers.pool import Resources, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -116,7 +121,7 @@ def train(
     progress: bool = True,
 ) -> RunResult:
     """Meta-train as ``config`` says; returns the run with its final meta-parameters."""
-    uri = tracking_uri or config.tracking.uri
+    uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
     address = address or os.environ.get("RAY_ADDRESS") or config.ray.address
     check_tracking_uri(uri)
     check_ray_address(address)
@@ -150,19 +155,47 @@ def train(
             Resources(num_cpus=w.num_cpus, num_gpus=w.num_gpus, threads=w.threads),
             max_restarts=w.max_restarts,
         )
-        tracker = Tracker.start(
-            uri,
-            config.tracking.experiment,
-            run_name=config.tracking.run_name,
-            run_id=start.run_id if start else None,
-        )
         try:
-            return _loop(config, family, learner_fn, learner, pool, tracker, start.iteration if start else 0, progress)
+            tracker = Tracker.start(
+                uri,
+                config.tracking.experiment,
+                run_name=config.tracking.run_name,
+                run_id=start.run_id if start else None,
+            )
+            with _sigterm_as_exit():
+                return _loop(config, family, learner_fn, learner, pool, tracker, start.iteration if start else 0, progress)
         finally:
             pool.shutdown()
 
 
-def _loop(config, family, local_learner, learner: Learner, pool: WorkerPool, tracker: Tracker, first: int, progress: bool):
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (``ray job stop``, a scheduler) raises SystemExit, so the loop saves a checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _loop(
+    config: Config,
+    family: TaskFamily,
+    local_learner: MAML,
+    learner: Learner,
+    pool: WorkerPool,
+    tracker: Tracker,
+    first: int,
+    progress: bool,
+) -> RunResult:
+    """Iterations ``first`` .. ``outer.iterations``, then the final checkpoint, meta-test, plot and model."""
     o, e = config.outer, config.eval
     ckpt_dir = Path(config.checkpoint.dir) / tracker.run_id
     if first == 0:
@@ -206,7 +239,8 @@ def _loop(config, family, local_learner, learner: Learner, pool: WorkerPool, tra
                 metrics["val/loss"] = val[config.algorithm.inner_steps].mean
             if done % config.tracking.log_every == 0 or "val/loss" in metrics:
                 tracker.log_metrics(metrics, step=done)
-            bar.update(done, {k.split("/")[1]: v for k, v in metrics.items() if k.startswith(("train", "val"))} | {"tasks/s": metrics["time/tasks_per_s"]})
+            shown = {"pre": metrics["train/loss_pre"], "post": metrics["train/loss_post"], "tasks/s": metrics["time/tasks_per_s"]}
+            bar.update(done, shown | ({"val": metrics["val/loss"]} if "val/loss" in metrics else {}))
             if done % config.checkpoint.every == 0 and done < o.iterations:
                 save(done)
                 last_saved = done
@@ -246,7 +280,7 @@ def evaluate(
     checkpoint_dir: str = "checkpoints",
 ) -> EvalResult:
     """Meta-test a run or checkpoint on fresh tasks; logged as a nested run of its training run."""
-    uri = tracking_uri or Config().tracking.uri
+    uri = resolve_tracking_uri(tracking_uri or Config().tracking.uri)
     check_tracking_uri(uri)
     ckpt = resolve_checkpoint(source, uri, checkpoint_dir)
     config = from_dict(yaml.safe_load(ckpt.config_yaml), f"in checkpoint {source}")

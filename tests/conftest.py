@@ -17,7 +17,8 @@ from orchestrator.config import Config, from_dict  # noqa: E402
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # One logical GPU so placement can be checked on CPU-only machines.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -125,3 +125,48 @@ def test_resume_from_a_checkpoint_file(ray_session, workdir):
     first = _train(tiny_config(outer={"iterations": 10}, eval=quiet))
     resumed = _train(tiny_config(outer={"iterations": 20}, eval=quiet), resume=str(first.checkpoint))
     assert torch.equal(straight.meta_params, resumed.meta_params)
+
+
+def test_workers_get_the_gpu_fraction_they_ask_for(ray_session):
+    """Two workers share the session's one (logical) GPU; each computes on CUDA where it exists."""
+    config = tiny_config()
+    pool = WorkerPool(functools.partial(build_components, config), 2, Resources(num_cpus=0.5, num_gpus=0.5))
+    try:
+        infos = pool.info()
+        assert all(len(i["gpu_ids"]) == 1 for i in infos)
+        expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+        assert all(i["device"] == expected for i in infos)
+        params = ray.put(build_components(config)[1].init_meta_params(0).numpy())
+        assert len(pool.run(params, chunk(descriptors(0, "train", 0, 4), 2))) == 2
+    finally:
+        pool.shutdown()
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(workdir):
+    """``ray job stop`` or a scheduler sends SIGTERM: the work done so far must survive."""
+    import subprocess
+    import sys
+
+    (workdir / "job.yaml").write_text(
+        "outer: {iterations: 100000, meta_batch: 8}\n"
+        "workers: {num_workers: 1, num_cpus: 1, chunk_size: 4}\n"
+        "checkpoint: {every: 100000}\n"
+        "ray: {num_cpus: 1}\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "train", "job.yaml"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(workdir.glob("mlruns/*/*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # some iterations
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "saved checkpoint at iteration" in out
+    (latest,) = workdir.glob("checkpoints/*/latest.pt")
+    saved = torch.load(latest, weights_only=True)
+    assert saved["iteration"] > 0
+    assert saved["run_id"] == latest.parent.name

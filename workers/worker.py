@@ -71,4 +71,4 @@ class MetaWorker:
         import ray
 
         ctx = ray.get_runtime_context()
-        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "device": str(self.device)}
+        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "device": str(self.device), "gpu_ids": ray.get_gpu_ids()}
