@@ -211,10 +211,11 @@ def test_train_round_trip_with_default_sqlite_store(ray_session, workdir, monkey
     )
     assert config.tracking.uri == "sqlite:///mlflow.db"
     result = train(config, progress=False)
-    assert result.tracking_uri == "sqlite:///mlflow.db"
+    # anchored to the directory it was started in: MLflow caches stores by URI string
+    assert result.tracking_uri == f"sqlite:///{workdir / 'mlflow.db'}"
     assert (workdir / "mlflow.db").is_file()
-    _check_run(config.tracking.uri, config, result, full=False)
-    _check_model(config.tracking.uri, config, result, monkeypatch)
+    _check_run(result.tracking_uri, config, result, full=False)
+    _check_model(result.tracking_uri, config, result, monkeypatch)
 
 
 def test_sink_never_blocks_training(workdir):
