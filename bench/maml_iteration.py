@@ -3,7 +3,9 @@
 Meta-batch 25, K=10, one inner step, sinusoid MLP 1-40-40-1:
   plain     single process, ``torch.func.vmap`` over the 25 tasks (the same algorithm code);
             also with ``algorithm.vectorize=loop`` to show why vmap is this model's choice
-  orch      ``orchestrator.train`` with one Ray worker (ray.put, actor call, ordered reduce, outer step)
+  orch      ``orchestrator.train`` with one Ray worker (parameters sent once, ordered reduce, outer
+            step), with each transport: ``calls`` (ray.put + actor call, the default) and
+            ``compiled`` (a Ray Compiled Graph)
   higher    single process, per-task loop with ``higher.innerloop_ctx``
 Targets (issue 2): orch <= 1.5x plain, and higher / orch >= 5. A second, heavier setting
 (meta-batch 100, 5 inner steps) shows how the fixed per-iteration cost of Ray shrinks
@@ -34,12 +36,19 @@ from tasks.base import descriptors  # noqa: E402
 META_BATCH = 25
 
 
-def bench_config(iterations: int, workers: int = 1, chunk: int = META_BATCH, meta_batch: int = META_BATCH, inner_steps: int = 1) -> Config:
+def bench_config(
+    iterations: int,
+    workers: int = 1,
+    chunk: int = META_BATCH,
+    meta_batch: int = META_BATCH,
+    inner_steps: int = 1,
+    transport: str = "calls",
+) -> Config:
     return from_dict(
         {
             "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": inner_steps},
             "outer": {"meta_batch": meta_batch, "iterations": iterations},
-            "workers": {"num_workers": workers, "num_cpus": 1, "threads": 1, "chunk_size": chunk},
+            "workers": {"num_workers": workers, "num_cpus": 1, "threads": 1, "chunk_size": chunk, "transport": transport},
             "eval": {"at_end": False, "plot_tasks": 0, "val_every": 10**9},
             "checkpoint": {"every": 10**9},
         }
@@ -123,18 +132,21 @@ def main() -> None:
     plain = summary("plain vmap (1 process)", plain_vmap(config), skip)
     loop_config = config.model_copy(update={"algorithm": config.algorithm.model_copy(update={"vectorize": "loop"})})
     loop = summary("plain per-task loop (1 process)", plain_vmap(loop_config.model_copy(update={"outer": config.outer.model_copy(update={"iterations": 300})})), skip)
-    orch_times, train_s = orchestrated(config)
-    orch = summary("orchestrator, 1 worker", orch_times, skip)
-    print(f"{'orchestrator, 1 worker, wall/iter':<34} {train_s / args.iterations * 1e3:7.2f} ms   (whole loop incl. logging)")
+    orch = {}
+    for transport in ("calls", "compiled"):
+        times, train_s = orchestrated(bench_config(args.iterations, transport=transport))
+        orch[transport] = summary(f"orchestrator, 1 worker, {transport}", times, skip)
+        print(f"{'  whole loop incl. logging':<34} {train_s / args.iterations * 1e3:7.2f} ms per iteration")
     hi = summary("higher (1 process, per-task loop)", with_higher(config, args.higher_iterations), 5)
     print(f"ratio loop / vmap (plain)       = {loop / plain:.1f}    (vmap is the default for MLPs)")
-    print(f"ratio orchestrator / plain vmap = {orch / plain:.2f}   (target <= 1.5)")
-    print(f"ratio higher / orchestrator     = {hi / orch:.1f}    (target >= 5)")
+    for transport, t in orch.items():
+        print(f"ratio orchestrator[{transport}] / plain vmap = {t / plain:.2f}   (target <= 1.5)")
+        print(f"ratio higher / orchestrator[{transport}]     = {hi / t:.1f}    (target >= 5)")
 
     heavy = bench_config(args.iterations // 4, chunk=100, meta_batch=100, inner_steps=5)
     print("\nheavier: meta-batch 100, K=10, 5 inner steps, second order")
     plain_h = summary("plain vmap (1 process)", plain_vmap(heavy), skip)
-    orch_h = summary("orchestrator, 1 worker", orchestrated(heavy)[0], skip)
+    orch_h = summary("orchestrator, 1 worker, calls", orchestrated(heavy)[0], skip)
     print(f"ratio orchestrator / plain vmap = {orch_h / plain_h:.2f}")
 
 

@@ -59,6 +59,9 @@ class WorkersConfig(Section):
     threads: int = Field(1, ge=1, le=256, description="torch threads inside each worker")
     chunk_size: int = Field(13, ge=1, description="tasks per vectorised call; fixes the reduction order")
     max_restarts: int = Field(10, ge=0, description="replacements of dead workers before the run fails")
+    transport: Literal["calls", "compiled"] = Field(
+        "calls", description="actor calls + one ray.put, or a Ray Compiled Graph (lower latency, polls)"
+    )
 
 
 class EvalConfig(Section):

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,16 @@ def _transient(exc: Exception) -> bool:
 
 
 def ui_command(uri: str) -> str:
+    """What to type to look at ``uri``: the ``mlflow`` next to this interpreter (the venv's)."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri}"
+    exe = Path(sys.executable).parent / "mlflow"
+    if exe.exists():
+        try:
+            exe = exe.relative_to(Path.cwd())
+        except ValueError:
+            pass
+    return f"{exe if exe.exists() else 'mlflow'} ui --backend-store-uri {uri}"
 
 
 class Tracker:
@@ -141,6 +150,8 @@ class Tracker:
             import mlflow.pytorch
             import torch
 
+            # We choose pickle knowingly (it keeps ``adapt``); mlflow.pytorch warns about it on every save.
+            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, artifact_path)
                 mlflow.pytorch.save_model(

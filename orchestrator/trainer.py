@@ -1,7 +1,8 @@
 """The meta-training loop and meta-test entry points: the typed API behind the CLI.
 
-Each meta-iteration: one ``ray.put`` of the flat parameters, one call per worker with its
-shard of task chunks, a reduction in task-index order, one outer step on the learner.
+Each meta-iteration: the flat parameters travel once (the pool's ``ray.put`` or compiled
+graph), each worker computes its shard of task chunks, the driver reduces in task-index
+order and takes one outer step on the learner.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import ray
 import torch
 import yaml
 
@@ -154,6 +154,7 @@ def train(
             w.num_workers,
             Resources(num_cpus=w.num_cpus, num_gpus=w.num_gpus, threads=w.threads),
             max_restarts=w.max_restarts,
+            transport=w.transport,
         )
         try:
             tracker = Tracker.start(
@@ -218,9 +219,8 @@ def _loop(
     try:
         for it in range(first, o.iterations):
             t0 = time.perf_counter()
-            params_ref = ray.put(learner.snapshot())
             items = chunk(descriptors(config.seed, "train", it, o.meta_batch), config.workers.chunk_size)
-            reduced = reduce_in_order(pool.run(params_ref, items), len(items), o.meta_batch)
+            reduced = reduce_in_order(pool.run(learner.snapshot(), items), len(items), o.meta_batch)
             lr = learner.step(reduced.direction, it)
             done = it + 1
             dt = time.perf_counter() - t0

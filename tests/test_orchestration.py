@@ -21,7 +21,8 @@ from orchestrator.aggregation import chunk
 from orchestrator.components import build_components
 from orchestrator.trainer import train
 from tasks.base import descriptors
-from workers.pool import NAME_PREFIX, Resources, WorkerPool, shard
+from workers.pool import NAME_PREFIX, Resources, WorkerPool
+from workers.worker import shard
 
 
 def _train(config, **kw):
@@ -54,12 +55,21 @@ def test_same_parameters_with_1_2_and_4_workers(ray_session, workdir, algorithm)
     assert torch.equal(finals[0], finals[2])
 
 
-def test_pool_reruns_the_shard_of_a_killed_worker(ray_session):
+def test_compiled_transport_gives_the_same_parameters(ray_session, workdir):
+    quiet = {"at_end": False, "plot_tasks": 0}
+    calls = _train(tiny_config(eval=quiet)).meta_params
+    for n in (1, 2):
+        workers = {"num_workers": n, "num_cpus": 0.5, "chunk_size": 2, "transport": "compiled"}
+        assert torch.equal(calls, _train(tiny_config(workers=workers, eval=quiet)).meta_params)
+
+
+@pytest.mark.parametrize("transport", ["calls", "compiled"])
+def test_pool_reruns_the_shard_of_a_killed_worker(ray_session, transport):
     config = tiny_config(outer={"meta_batch": 12}, workers={"chunk_size": 3})
     family, learner = build_components(config)
-    params = ray.put(learner.init_meta_params(0).numpy())
+    params = learner.init_meta_params(0).numpy()
     items = chunk(descriptors(0, "train", 0, 12), 3)
-    pool = WorkerPool(functools.partial(build_components, config), 2, Resources(num_cpus=0.5))
+    pool = WorkerPool(functools.partial(build_components, config), 2, Resources(num_cpus=0.5), transport=transport)
     try:
         undisturbed = pool.run(params, items)
         victim = pool.info()[1]["pid"]
@@ -136,7 +146,7 @@ def test_workers_get_the_gpu_fraction_they_ask_for(ray_session):
         assert all(len(i["gpu_ids"]) == 1 for i in infos)
         expected = "cuda:0" if torch.cuda.is_available() else "cpu"
         assert all(i["device"] == expected for i in infos)
-        params = ray.put(build_components(config)[1].init_meta_params(0).numpy())
+        params = build_components(config)[1].init_meta_params(0).numpy()
         assert len(pool.run(params, chunk(descriptors(0, "train", 0, 4), 2))) == 2
     finally:
         pool.shutdown()

@@ -36,6 +36,18 @@ class ChunkResult:
     post_loss: np.ndarray  # per task
 
 
+def shard(items: Sequence[WorkItem], parts: int) -> list[list[WorkItem]]:
+    """Contiguous, near-equal shards; empty ones are dropped."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for p in range(parts):
+        end = start + size + (1 if p < extra else 0)
+        if end > start:
+            out.append(list(items[start:end]))
+        start = end
+    return out
+
+
 def device_for(num_gpus: float) -> torch.device:
     """A worker that was given (a fraction of) a GPU computes on it; Ray sets CUDA_VISIBLE_DEVICES."""
     if num_gpus > 0 and torch.cuda.is_available():
@@ -66,6 +78,12 @@ class MetaWorker:
                 )
             )
         return results
+
+    def run_shard(self, inputs: tuple[np.ndarray, Sequence[WorkItem]], slot: int, parts: int) -> list[ChunkResult]:
+        """Shard ``slot`` of ``parts``: the compiled-graph entry point, where every worker reads one input."""
+        params, items = inputs
+        shards = shard(items, parts)
+        return self.run(params, shards[slot]) if slot < len(shards) else []
 
     def info(self) -> dict[str, object]:
         import ray
