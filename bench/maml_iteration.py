@@ -143,6 +143,11 @@ def main() -> None:
         print(f"ratio orchestrator[{transport}] / plain vmap = {t / plain:.2f}   (target <= 1.5)")
         print(f"ratio higher / orchestrator[{transport}]     = {hi / t:.1f}    (target >= 5)")
 
+    print("\ntwo workers on the same 2 cores (chunks of 13 tasks):")
+    for transport in ("calls", "compiled"):
+        two = bench_config(args.iterations, workers=2, chunk=13, transport=transport)
+        summary(f"orchestrator, 2 workers, {transport}", orchestrated(two)[0], skip)
+
     heavy = bench_config(args.iterations // 4, chunk=100, meta_batch=100, inner_steps=5)
     print("\nheavier: meta-batch 100, K=10, 5 inner steps, second order")
     plain_h = summary("plain vmap (1 process)", plain_vmap(heavy), skip)
