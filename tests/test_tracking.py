@@ -218,6 +218,28 @@ def test_train_round_trip_with_default_sqlite_store(ray_session, workdir, monkey
     _check_model(result.tracking_uri, config, result, monkeypatch)
 
 
+def test_evaluate_logs_a_nested_run_under_the_training_run(mlflow_server, ray_session, workdir):
+    """``metaorch eval RUN_ID`` as an API call: fresh tasks, any step counts, a child run."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.trainer import evaluate, train
+
+    config = tiny_config(outer={"iterations": 6}, eval={"at_end": False, "plot_tasks": 0})
+    trained = train(config, tracking_uri=mlflow_server, progress=False)
+    result = evaluate(trained.run_id, tasks=30, steps=[0, 1, 3], tracking_uri=mlflow_server)
+    assert sorted(result.estimates) == [0, 1, 3]
+    assert all(e.n == 30 and e.ci95 > 0 for e in result.estimates.values())
+    assert result.estimates[3].mean < result.estimates[0].mean  # adapting helps
+
+    child = MlflowClient(mlflow_server).get_run(result.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == trained.run_id
+    assert child.data.metrics["test/loss_step_1"] == pytest.approx(result.estimates[1].mean)
+    assert child.data.params["tasks"] == "30"
+    # the checkpoint file gives the same answer: the test tasks depend only on the seed
+    again = evaluate(str(trained.checkpoint), tasks=30, steps=[1], tracking_uri=mlflow_server)
+    assert again.estimates[1] == result.estimates[1]
+
+
 def test_sink_never_blocks_training(workdir):
     from mlflow.tracking import MlflowClient
 
