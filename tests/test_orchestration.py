@@ -98,7 +98,7 @@ def _kill_a_worker_once_running(stop: threading.Event, killed: list[int]) -> Non
 
 
 def test_worker_killed_mid_run_is_replaced_and_result_unchanged(ray_session, workdir):
-    config = tiny_config(outer={"iterations": 400, "meta_batch": 8}, eval={"at_end": False, "plot_tasks": 0, "val_every": 1000})
+    config = tiny_config(outer={"iterations": 800, "meta_batch": 8}, eval={"at_end": False, "plot_tasks": 0, "val_every": 1000})
     reference = _train(config)
     assert reference.restarts == 0
 
