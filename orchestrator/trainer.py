@@ -105,7 +105,11 @@ def _meta_test_run(config: Config, meta_params: torch.Tensor, uri: str, parent_r
     estimates = meta_test(learner, family, meta_params, test_tasks, steps, config.eval.queries)
     run_id = None
     if parent_run_id is not None:
-        child = Tracker.start(uri, config.tracking.experiment, run_name="meta-test", parent_run_id=parent_run_id)
+        try:
+            child = Tracker.start(uri, config.tracking.experiment, run_name="meta-test", parent_run_id=parent_run_id)
+        except Exception as exc:  # tracking went away after training: keep the numbers, say so
+            log.warning("meta-test not logged to %s: %s", uri, exc)
+            return estimates, None
         _log_meta_test(child, estimates, tasks)
         child.close()
         run_id = child.run_id
