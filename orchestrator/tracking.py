@@ -79,6 +79,8 @@ class Tracker:
         self.client = client(uri)
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._wake = threading.Event()  # set by close(): cuts a retry backoff short
+        self._closing = False
+        self._deadline = float("inf")
         self._thread = threading.Thread(target=self._drain, name="mlflow-sink", daemon=True)
         self._thread.start()
 
@@ -197,9 +199,6 @@ class Tracker:
         self._wake.wait(delay)
         if self._closing:
             time.sleep(max(0.0, min(end, self._deadline) - time.monotonic()))
-
-    _closing = False
-    _deadline = float("inf")
 
     def _collect(self) -> list[tuple[str, Any] | None]:
         """The next item, plus metrics arriving within ``interval_s`` (one ``log_batch`` for all)."""
