@@ -26,6 +26,16 @@ def _tcp_reachable(host: str, port: int) -> bool:
         return False
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, absolute; None for other URIs and in-memory stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///")
+    if path in ("", ":memory:"):
+        return None
+    return Path(path).expanduser().absolute()
+
+
 def resolve_tracking_uri(uri: str) -> str:
     """Anchor a relative sqlite path to the current directory now.
 
@@ -33,22 +43,17 @@ def resolve_tracking_uri(uri: str) -> str:
     ``sqlite:///mlflow.db`` would otherwise keep pointing into whatever directory was
     current when it was first opened.
     """
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = uri.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            return "sqlite:///" + str(Path(path).expanduser().absolute())
-    return uri
+    path = sqlite_path(uri)
+    return f"sqlite:///{path}" if path is not None else uri
 
 
 def check_tracking_uri(uri: str) -> None:
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]
     if scheme == "sqlite":
-        path = uri.removeprefix("sqlite:///")
-        if path not in ("", ":memory:"):
-            parent = Path(path).expanduser().absolute().parent
-            if not parent.is_dir():
-                raise UserError(f"tracking URI {uri}: directory {parent} does not exist")
+        path = sqlite_path(uri)
+        if path is not None and not path.parent.is_dir():
+            raise UserError(f"tracking URI {uri}: directory {path.parent} does not exist")
         return
     if scheme in ("", "file"):
         root = Path(parsed.path if scheme == "file" else uri).expanduser().absolute()

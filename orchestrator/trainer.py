@@ -34,7 +34,7 @@ from orchestrator.errors import UserError
 from orchestrator.evaluation import Estimate, meta_test
 from orchestrator.learner import Learner
 from orchestrator.plots import regression_predictions
-from orchestrator.preflight import check_ray_address, check_tracking_uri, resolve_tracking_uri
+from orchestrator.preflight import check_ray_address, check_tracking_uri, resolve_tracking_uri, sqlite_path
 from orchestrator.session import check_capacity, ray_session
 from orchestrator.tracking import Tracker, client
 from tasks.base import TaskFamily, descriptors
@@ -76,7 +76,8 @@ def resolve_checkpoint(source: str, tracking_uri: str, checkpoint_dir: str) -> c
     local = Path(checkpoint_dir) / source / ckpt_io.LATEST
     if local.is_file():
         return ckpt_io.load(local)
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
         raise UserError(f"run {source} not found: tracking store {tracking_uri} does not exist")  # and do not create it
     c = client(tracking_uri)
     try:
