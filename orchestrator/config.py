@@ -60,7 +60,7 @@ class WorkersConfig(Section):
     chunk_size: int = Field(13, ge=1, description="tasks per vectorised call; fixes the reduction order")
     max_restarts: int = Field(10, ge=0, description="replacements of dead workers before the run fails")
     transport: Literal["calls", "compiled"] = Field(
-        "calls", description="actor calls + one ray.put, or a Ray Compiled Graph (lower latency, polls)"
+        "calls", description="actor calls + one ray.put, or a Ray Compiled Graph (lower latency, alpha API)"
     )
 
 

@@ -9,10 +9,9 @@ Two transports carry the parameters and shards, both once per iteration:
 
 - ``calls`` (default): one ``ray.put`` of the parameters, one actor call per shard.
 - ``compiled``: a Ray Compiled Graph over the same actors; the input is written once to
-  shared-memory channels. It removes ~3 ms of per-iteration overhead when one worker has a
-  core to itself, but its readers poll, so it is slower when workers and the driver share
-  too few cores (see bench/maml_iteration.py). After a failure the pool falls back to calls
-  for that iteration and recompiles.
+  shared-memory channels, saving ~2-3 ms per iteration (bench/maml_iteration.py). It is an
+  alpha Ray API and is bound to the actors it was compiled with, so after a failure the pool
+  falls back to calls for that iteration and recompiles.
 """
 
 from __future__ import annotations
