@@ -1,0 +1,31 @@
+"""Omniglot: few-shot classification episodes and the one-shot runs of Lake et al.
+
+Works from any directory holding the Omniglot archives (full or small background sets,
+zipped or extracted); the decoded images are cached once and memory-mapped by every worker.
+"""
+
+from __future__ import annotations
+
+from tasks.omniglot.data import OmniglotData, default_cache_dir, load_omniglot
+from tasks.omniglot.episodes import Episode, OmniglotTasks
+from tasks.omniglot.errors import DatasetError
+from tasks.omniglot.images import preprocess_png, to_float
+from tasks.omniglot.runs import OneShotRun, read_runs, write_runs
+from tasks.omniglot.splits import SplitSpec, split_alphabets, split_characters
+
+__all__ = [
+    "DatasetError",
+    "Episode",
+    "OmniglotData",
+    "OmniglotTasks",
+    "OneShotRun",
+    "SplitSpec",
+    "default_cache_dir",
+    "load_omniglot",
+    "preprocess_png",
+    "read_runs",
+    "split_alphabets",
+    "split_characters",
+    "to_float",
+    "write_runs",
+]

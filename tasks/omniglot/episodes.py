@@ -1,0 +1,161 @@
+"""N-way K-shot Omniglot episodes built from task descriptors.
+
+Like the sinusoid family, an episode is a pure function of its descriptor: its own random
+stream picks the classes, drawings and orders, so any worker rebuilds it bit for bit. The
+family is shipped to every Ray worker, so it is cheap to pickle and maps the cached array
+only on its first batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from algorithms.base import TaskBatch
+from tasks.base import TaskDescriptor
+from tasks.omniglot.archives import DRAWINGS
+from tasks.omniglot.data import OmniglotData, load_omniglot
+from tasks.omniglot.errors import DatasetError
+from tasks.omniglot.images import SIZE, to_float
+from tasks.omniglot.splits import SplitSpec, split_characters
+
+ROTATIONS = 4  # quarter turns; each rotation of a character is a class of its own (Santoro et al.)
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Indices of one episode; label i is class i, drawn as ``characters[i]`` turned ``rotations[i]``."""
+
+    characters: np.ndarray  # int64 [N]
+    rotations: np.ndarray  # int64 [N], quarter turns counter-clockwise (np.rot90)
+    drawings: np.ndarray  # int64 [N, K+Q]: the first K of each row are support, the rest query
+    support_order: np.ndarray  # int64 [N*K]: position p of the support holds class-major item support_order[p]
+    query_order: np.ndarray  # int64 [N*Q], likewise
+    order: np.ndarray  # int64 [N*(K+Q)]: a permutation for sequence models over concat(support, query)
+
+
+class OmniglotTasks:
+    input_shape = (1, SIZE, SIZE)
+    input_dim = SIZE * SIZE  # the TaskFamily protocol's flat size, for models that flatten
+    loss = "cross_entropy"
+
+    def __init__(
+        self,
+        root: str | Path,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        rotations: bool = True,
+        split: SplitSpec = "auto",
+        cache_dir: str | Path | None = None,
+    ):
+        if ways < 1 or shots < 1 or queries < 0:
+            raise ValueError(f"expected ways >= 1, shots >= 1, queries >= 0; got {ways}, {shots}, {queries}")
+        _check_drawings(shots, queries)
+        self.root = Path(root)
+        self.ways = ways
+        self.shots = shots
+        self.queries = queries
+        self.output_dim = ways
+        self.rotations = rotations
+        self.split = split
+        self.cache_dir = cache_dir
+        self._data: OmniglotData | None = None
+        self._classes: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        """Pickles the arguments only: each worker maps the cache itself rather than receiving a copy."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_data", "_classes")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _data=None, _classes={})
+
+    @property
+    def data(self) -> OmniglotData:
+        if self._data is None:
+            self._data = load_omniglot(self.root, self.cache_dir)
+        return self._data
+
+    def characters(self, split: str) -> np.ndarray:
+        """Character indices of a split ("train", "val" or "test")."""
+        if not self._classes:
+            self._classes = split_characters(self.data, self.split)
+        return self._classes[split]
+
+    def num_classes(self, split: str) -> int:
+        return len(self.characters(split)) * (ROTATIONS if self.rotations else 1)
+
+    def sample(self, task: TaskDescriptor, queries: int | None = None) -> Episode:
+        queries = self.queries if queries is None else queries
+        n, k = self.ways, self.shots
+        _check_drawings(k, queries)
+        chars = self.characters(task.split)
+        turns = ROTATIONS if self.rotations else 1
+        if n > len(chars) * turns:
+            raise DatasetError(f"{n}-way episodes need {n} classes; the {task.split} split of {self.root} has "
+                               f"{len(chars) * turns} ({len(chars)} characters x {turns} rotation(s))")
+        rng = task.rng()
+        # ``choice`` returns the classes in random order, so label i = classes[i] is a random labelling.
+        classes = rng.choice(len(chars) * turns, size=n, replace=False)
+        drawings = np.argsort(rng.random((n, DRAWINGS)), axis=1)[:, : k + queries]
+        return Episode(
+            characters=chars[classes // turns],
+            rotations=(classes % turns).astype(np.int64),
+            drawings=drawings.astype(np.int64),
+            support_order=rng.permutation(n * k),
+            query_order=rng.permutation(n * queries),
+            order=rng.permutation(n * (k + queries)),
+        )
+
+    def batch(self, tasks: list[TaskDescriptor], queries: int | None = None) -> TaskBatch:
+        queries = self.queries if queries is None else queries
+        n, k = self.ways, self.shots
+        episodes = [self.sample(task, queries) for task in tasks]
+
+        def stack(field: str, shape: tuple[int, ...]) -> np.ndarray:
+            if not episodes:
+                return np.zeros((0, *shape), dtype=np.int64)
+            return np.stack([getattr(e, field) for e in episodes])
+
+        chars = stack("characters", (n,))
+        turns = stack("rotations", (n,))
+        drawings = stack("drawings", (n, k + queries))
+        support_x, support_y = self._gather(chars, turns, drawings[:, :, :k], stack("support_order", (n * k,)))
+        query_x, query_y = self._gather(chars, turns, drawings[:, :, k:], stack("query_order", (n * queries,)))
+        return {
+            "support_x": torch.from_numpy(support_x),
+            "support_y": torch.from_numpy(support_y),
+            "query_x": torch.from_numpy(query_x),
+            "query_y": torch.from_numpy(query_y),
+            "order": torch.from_numpy(stack("order", (n * (k + queries),))),
+        }
+
+    def _gather(
+        self, chars: np.ndarray, turns: np.ndarray, drawings: np.ndarray, order: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Images [T, P, 1, 28, 28] and labels [T, P] of one side of the episodes.
+
+        Position p of task t holds class-major item ``order[t, p]``, so its label is that
+        item's class. Indices are resolved first and the memmap is read once, in uint8, in
+        final order: no float intermediate is built and then permuted.
+        """
+        labels = order // max(drawings.shape[2], 1)
+        char = np.take_along_axis(chars, labels, axis=1)
+        t, n, per = drawings.shape
+        drawing = np.take_along_axis(drawings.reshape(t, n * per), order, axis=1)
+        turn = np.take_along_axis(turns, labels, axis=1)
+        images = np.asarray(self.data.images[char, drawing])  # [T, P, 28, 28] uint8
+        for quarter in range(1, ROTATIONS):
+            hit = turn == quarter
+            if hit.any():
+                images[hit] = np.rot90(images[hit], quarter, axes=(-2, -1))
+        return to_float(images)[:, :, None], labels.astype(np.int64)
+
+
+def _check_drawings(shots: int, queries: int) -> None:
+    if shots + queries > DRAWINGS:
+        raise DatasetError(f"an episode needs shots + queries = {shots} + {queries} = {shots + queries} distinct "
+                           f"drawings per class; Omniglot has {DRAWINGS} per character")
