@@ -10,7 +10,7 @@ runs in a Ray worker, a test, or a notebook.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
@@ -33,18 +33,39 @@ class OuterUpdate:
     direction: torch.Tensor
     pre_loss: torch.Tensor  # query loss at the meta-parameters, per task
     post_loss: torch.Tensor  # query loss after the inner loop, per task
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # per task: [T] or [T, k]
 
 
 class MetaLearner(Protocol):
+    """What the worker and the driver need of every method."""
+
+    model: object  # a FunctionalModel: the worker moves it to its device
+
     def init_meta_params(self, seed: int) -> torch.Tensor: ...
 
-    def adapt(self, meta_params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor: ...
-
-    def loss(self, weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
-
-    def weights(self, meta_params: torch.Tensor) -> torch.Tensor: ...
-
     def outer_update(self, meta_params: torch.Tensor, batch: TaskBatch) -> OuterUpdate: ...
+
+
+class FewShotClassifier(MetaLearner, Protocol):
+    """A learner that classifies an episode's queries given its labelled support set.
+
+    The one call every evaluation uses (meta-test episodes, the Omniglot one-shot runs), so
+    MAML (adapt, then predict), metric methods and sequence models are compared alike.
+    ``steps`` is the number of inner steps for methods that adapt; others ignore it.
+    """
+
+    def query_logits(
+        self,
+        meta_params: torch.Tensor,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        steps: int | None = None,
+    ) -> torch.Tensor: ...
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(-1) == y).float().mean()
 
 
 def map_tasks(fn: Callable, meta_params: torch.Tensor, batch: TaskBatch, vectorize: Vectorize):

@@ -9,9 +9,11 @@ second-order terms are exact.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.func import grad, grad_and_value
 
-from algorithms.base import LossFn, OuterUpdate, TaskBatch, Vectorize, map_tasks
+from algorithms.base import LossFn, OuterUpdate, TaskBatch, Vectorize, accuracy, map_tasks
+from algorithms.meta_model import MetaModel
 from algorithms.models import FunctionalModel
 
 
@@ -25,6 +27,8 @@ class MAML:
         first_order: bool = False,
         learn_inner_lr: bool = False,
         vectorize: Vectorize = "vmap",
+        transductive: bool = True,
+        classify: bool = False,
     ):
         self.model = model
         self.loss_fn = loss_fn
@@ -33,6 +37,8 @@ class MAML:
         self.first_order = first_order
         self.learn_inner_lr = learn_inner_lr
         self.vectorize = vectorize
+        self.transductive = transductive  # see algorithms/conv4.py
+        self.classify = classify  # report query accuracy
 
     # -- meta-parameters: theta, then (Meta-SGD) one learning rate per weight --------------
     def init_meta_params(self, seed: int) -> torch.Tensor:
@@ -60,14 +66,43 @@ class MAML:
             weights = weights - lrs * g
         return weights
 
-    def outer_loss(self, meta_params: torch.Tensor, task: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query loss after adaptation, and (as aux) the query loss before it."""
+    def predict(self, weights: torch.Tensor, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        """Query outputs; not transductive: batch-norm statistics from the support rows."""
+        if self.transductive:
+            return self.model(weights, query_x)
+        n = support_x.shape[0]
+        return self.model(weights, torch.cat([support_x, query_x]), stats_rows=n)[n:]
+
+    def query_logits(
+        self,
+        meta_params: torch.Tensor,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        steps: int | None = None,
+    ) -> torch.Tensor:
+        adapted = self.adapt(meta_params, support_x, support_y, self.inner_steps if steps is None else steps)
+        return self.predict(adapted, support_x, query_x)
+
+    def outer_loss(self, meta_params: torch.Tensor, task: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Query loss after adaptation; as aux the query loss before it (and accuracies)."""
         adapted = self.adapt(meta_params, task["support_x"], task["support_y"], self.inner_steps)
-        post = self.loss(adapted, task["query_x"], task["query_y"])
-        pre = self.loss(self.weights(meta_params), task["query_x"], task["query_y"]).detach()
-        return post, pre
+        post_out = self.predict(adapted, task["support_x"], task["query_x"])
+        pre_out = self.predict(self.weights(meta_params), task["support_x"], task["query_x"]).detach()
+        aux = {"pre_loss": self.loss_fn(pre_out, task["query_y"])}
+        if self.classify:
+            aux["accuracy"] = accuracy(post_out.detach(), task["query_y"])
+            aux["accuracy_pre"] = accuracy(pre_out, task["query_y"])
+        return self.loss_fn(post_out, task["query_y"]), aux
 
     def outer_update(self, meta_params: torch.Tensor, batch: TaskBatch) -> OuterUpdate:
         per_task = grad_and_value(self.outer_loss, has_aux=True)
-        grads, (post, pre) = map_tasks(per_task, meta_params, batch, self.vectorize)
-        return OuterUpdate(direction=grads.sum(0), pre_loss=pre.detach(), post_loss=post.detach())
+        grads, (post, aux) = map_tasks(per_task, meta_params, batch, self.vectorize)
+        pre = aux.pop("pre_loss")
+        return OuterUpdate(grads.sum(0), pre.detach(), post.detach(), {k: v.detach() for k, v in aux.items()})
+
+    def export(self, meta_params: torch.Tensor, loss: str) -> nn.Module:
+        """The meta-initialisation as an ``nn.Module`` that can ``adapt`` itself (logged to MLflow)."""
+        lrs = self.inner_lrs(meta_params)
+        lrs = lrs if isinstance(lrs, float) else lrs.detach().clone()
+        return MetaModel(self.model.to_module(self.weights(meta_params)), lrs, self.inner_steps, loss)

@@ -7,6 +7,7 @@ be written as plain tensor arithmetic and vectorised with ``torch.func.vmap``.
 
 from __future__ import annotations
 
+import builtins
 import copy
 from collections.abc import Sequence
 
@@ -49,8 +50,26 @@ class FunctionalModel:
                     m.reset_parameters()
         return self.layout.flatten(dict(fresh.named_parameters())).detach().float()
 
-    def __call__(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.module, self.layout.unflatten(params), (x,))
+    def __call__(self, params: torch.Tensor, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        return functional_call(self.module, self.layout.unflatten(params), (x,), kwargs)
+
+    def sub(self, params: torch.Tensor, name: str, *args: object, **kwargs: object) -> torch.Tensor:
+        """Call the submodule ``name`` (``"body"``, ``"head"``) at its share of ``params``."""
+        named = self.layout.unflatten(params)
+        own = {k[len(name) + 1 :]: v for k, v in named.items() if k.startswith(name + ".")}
+        return functional_call(self.module.get_submodule(name), own, args, kwargs)
+
+    def slice(self, prefix: str) -> builtins.slice:
+        """Where the parameters under ``prefix`` (a submodule) sit in the flat vector."""
+        start = 0
+        found = []
+        for name, n in zip(self.layout.names, self.layout.numels):
+            if name.startswith(prefix + "."):
+                found.append((start, start + n))
+            start += n
+        if not found or any(a != b for (_, a), (b, _) in zip(found, found[1:])):
+            raise ValueError(f"no contiguous parameters under {prefix!r}")
+        return builtins.slice(found[0][0], found[-1][1])
 
     def to(self, device: torch.device | str) -> FunctionalModel:
         self.module.to(device)

@@ -1,0 +1,39 @@
+"""ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the final linear layer.
+
+The body's features are computed once per task and the inner loop runs on the head alone,
+so the inner loop and its second-order terms cost a linear layer instead of the whole
+network; the outer gradient still reaches the body through the features. The model must
+have submodules ``body`` and ``head`` (a ``nn.Linear``), as ``Conv4Classifier`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad
+from torch.nn import functional as F
+
+from algorithms.maml import MAML
+
+
+class ANIL(MAML):
+    def _head(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out_features, in_features = self.model.module.head.weight.shape
+        return flat[: out_features * in_features].view(out_features, in_features), flat[out_features * in_features :]
+
+    def adapt(self, meta_params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+        weights, lrs = self.weights(meta_params), self.inner_lrs(meta_params)
+        head = self.model.slice("head")
+        if not isinstance(lrs, float):
+            lrs = lrs[head]
+        features = self.model.sub(weights, "body", x)
+
+        def head_loss(h: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(F.linear(features, *self._head(h)), y)
+
+        h = weights[head]
+        for _ in range(steps):
+            g = grad(head_loss)(h)
+            if self.first_order:
+                g = g.detach()
+            h = h - lrs * g
+        return torch.cat([weights[: head.start], h, weights[head.stop :]])

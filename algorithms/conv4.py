@@ -1,0 +1,69 @@
+"""The Conv-4 backbone of few-shot image classification (Vinyals et al. 2016, Finn et al. 2017).
+
+Four blocks of 3x3 conv (64 filters), batch norm, ReLU and 2x2 max-pool: a 28x28 image
+becomes a 64-d embedding. Batch norm keeps no running statistics, so the network is a pure
+function of its parameters and its input, as functional inner loops need. Where the
+statistics come from is the one switch that matters for honest few-shot numbers:
+
+* transductive (Finn et al.'s setting): every forward pass normalises with the statistics
+  of the batch it is given, so a query batch is normalised with query statistics;
+* not transductive: ``stats_rows=n`` takes the statistics from the first ``n`` rows only.
+  Callers put the support set first, so queries are normalised with support statistics and
+  no query can influence another's prediction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+EMBEDDING_DIM = 64
+
+
+class SupportNorm(nn.Module):
+    """BatchNorm2d without running statistics, taking its statistics from the first rows."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
+        ref = x if stats_rows is None else x[:stats_rows]
+        var, mean = torch.var_mean(ref, dim=(0, 2, 3), unbiased=False, keepdim=True)
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
+
+
+class Conv4(nn.Module):
+    """[B, 1, 28, 28] -> [B, 64]."""
+
+    def __init__(self, in_channels: int = 1, filters: int = EMBEDDING_DIM, blocks: int = 4):
+        super().__init__()
+        widths = [in_channels] + [filters] * blocks
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths, widths[1:]))
+        self.norms = nn.ModuleList(SupportNorm(filters) for _ in range(blocks))
+        self.out_features = filters
+
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
+        for conv, norm in zip(self.convs, self.norms):
+            x = F.max_pool2d(F.relu(norm(conv(x), stats_rows)), 2)
+        return x.flatten(1)
+
+
+class Conv4Classifier(nn.Module):
+    """Conv-4 and a linear head over ``ways`` classes: the network of MAML, Reptile and ANIL."""
+
+    def __init__(self, ways: int, in_channels: int = 1):
+        super().__init__()
+        self.body = Conv4(in_channels)
+        self.head = nn.Linear(self.body.out_features, ways)
+
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
+        return self.head(self.body(x, stats_rows))

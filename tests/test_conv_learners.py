@@ -1,0 +1,104 @@
+"""Conv-4, its batch-norm switch, and the gradient-based learners on image episodes.
+
+References are written independently with ``torch.nn`` modules and ``torch.autograd``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from algorithms import ANIL, MAML, Conv4Classifier, FunctionalModel, build_learner
+
+F64 = torch.float64
+
+
+def episode(ways: int = 3, shots: int = 2, queries: int = 2, seed: int = 0, tasks: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "support_x": torch.rand(tasks, ways * shots, 1, 28, 28, generator=g, dtype=F64),
+        "support_y": torch.arange(ways).repeat(shots).expand(tasks, -1).clone(),
+        "query_x": torch.rand(tasks, ways * queries, 1, 28, 28, generator=g, dtype=F64),
+        "query_y": torch.arange(ways).repeat(queries).expand(tasks, -1).clone(),
+    }
+
+
+def learner(name: str, ways: int = 3, transductive: bool = True, steps: int = 2) -> tuple[MAML, torch.Tensor]:
+    model = FunctionalModel(Conv4Classifier(ways))
+    model.module.to(F64)
+    lrn = build_learner(name, model, F.cross_entropy, 0.4, steps, "loop", transductive=transductive, classify=True)
+    return lrn, lrn.init_meta_params(0).to(F64)
+
+
+def test_conv4_matches_torch_batchnorm_in_training_mode() -> None:
+    """With batch statistics, Conv-4 is the textbook Conv-BN-ReLU-Pool stack."""
+    net = Conv4Classifier(5).double()
+    ref = torch.nn.Sequential(
+        *[
+            torch.nn.Sequential(conv, torch.nn.BatchNorm2d(64, track_running_stats=False).double(), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+            for conv in net.body.convs
+        ],
+        torch.nn.Flatten(),
+        net.head,
+    )
+    x = torch.rand(7, 1, 28, 28, dtype=F64)
+    torch.testing.assert_close(net(x), ref(x))
+
+
+def test_not_transductive_queries_do_not_see_each_other() -> None:
+    batch = episode(tasks=1)
+    task = {k: v[0] for k, v in batch.items()}
+    changed = task["query_x"].clone()
+    changed[0] = 1 - changed[0]
+    for transductive, same in ((False, True), (True, False)):
+        lrn, p = learner("maml", transductive=transductive)
+        a = lrn.query_logits(p, task["support_x"], task["support_y"], task["query_x"])
+        b = lrn.query_logits(p, task["support_x"], task["support_y"], changed)
+        assert torch.allclose(a[1:], b[1:]) is same
+
+
+def ref_anil_post_loss(lrn: ANIL, p: torch.Tensor, task: dict[str, torch.Tensor]) -> torch.Tensor:
+    """ANIL by hand: full-model forward, autograd w.r.t. the head's weight and bias only."""
+    net = Conv4Classifier(3).double()
+    views, i = {}, 0
+    for name, q in net.named_parameters():
+        views[name] = p[i : i + q.numel()].view_as(q)
+        i += q.numel()
+    body = {k[5:]: v for k, v in views.items() if k.startswith("body.")}
+    w, b = views["head.weight"], views["head.bias"]
+    feats = torch.func.functional_call(net.body, body, (task["support_x"],))
+    for _ in range(lrn.inner_steps):
+        gw, gb = torch.autograd.grad(F.cross_entropy(feats @ w.T + b, task["support_y"]), (w, b), create_graph=True)
+        w, b = w - lrn.inner_lr * gw, b - lrn.inner_lr * gb
+    q = torch.func.functional_call(net.body, body, (task["query_x"],))
+    return F.cross_entropy(q @ w.T + b, task["query_y"])
+
+
+def test_anil_outer_gradient_matches_hand_written_head_only_maml() -> None:
+    lrn, p = learner("anil")
+    batch = episode()
+    update = lrn.outer_update(p, batch)
+    leaf = p.clone().requires_grad_(True)
+    total = sum(ref_anil_post_loss(lrn, leaf, {k: v[i] for k, v in batch.items()}) for i in range(2))
+    (expected,) = torch.autograd.grad(total, leaf)
+    torch.testing.assert_close(update.direction, expected)
+    assert update.direction[: lrn.model.slice("head").start].abs().sum() > 0  # the body learns through the features
+
+
+def test_anil_inner_loop_leaves_the_body_alone() -> None:
+    lrn, p = learner("anil")
+    task = {k: v[0] for k, v in episode().items()}
+    adapted = lrn.adapt(p, task["support_x"], task["support_y"], 3)
+    head = lrn.model.slice("head")
+    assert torch.equal(adapted[: head.start], p[: head.start])
+    assert not torch.allclose(adapted[head], p[head])
+
+
+def test_classifying_learners_report_accuracy() -> None:
+    for name in ("maml", "fomaml", "reptile", "anil", "metasgd"):
+        lrn, p = learner(name)
+        update = lrn.outer_update(p, episode())
+        acc = update.metrics["accuracy"]
+        assert acc.shape == (2,) and ((acc >= 0) & (acc <= 1)).all()
+        logits = lrn.query_logits(p, *(episode()[k][0] for k in ("support_x", "support_y", "query_x")))
+        torch.testing.assert_close(acc[0], (logits.argmax(-1) == episode()["query_y"][0]).float().mean())
