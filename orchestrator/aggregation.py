@@ -29,6 +29,7 @@ class Reduced:
     direction: torch.Tensor  # mean over tasks
     pre_loss: np.ndarray  # per task, in task order
     post_loss: np.ndarray
+    metrics: dict[str, np.ndarray]  # per task, in task order
 
 
 def reduce_in_order(results: Sequence[ChunkResult], num_chunks: int, num_tasks: int) -> Reduced:
@@ -40,4 +41,5 @@ def reduce_in_order(results: Sequence[ChunkResult], num_chunks: int, num_tasks: 
         direction=total / num_tasks,
         pre_loss=np.concatenate([r.pre_loss for r in ordered]),
         post_loss=np.concatenate([r.post_loss for r in ordered]),
+        metrics={k: np.concatenate([r.metrics[k] for r in ordered]) for k in ordered[0].metrics},
     )

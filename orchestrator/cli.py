@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=_steps, default=None, help="inner steps to report, e.g. 1,5,10")
     e.add_argument("--tracking-uri", help="MLflow tracking URI holding the training run")
     e.add_argument("--checkpoint-dir", default="checkpoints", help="local checkpoint root (default: checkpoints)")
+    e.add_argument("--suite", default="meta-test", help="meta-test (fresh tasks, default) or omniglot-runs")
+    e.add_argument("--runs", metavar="DIR_OR_ZIP", help="omniglot-runs: folder or zip of runNN/ folders in the original format")
 
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -77,7 +79,12 @@ def run(argv: list[str]) -> int:
         print(f"MLflow UI: {ui_command(result.tracking_uri)}")
         return 0
 
-    result = evaluate(args.source, tasks=args.tasks, steps=args.steps, tracking_uri=args.tracking_uri, checkpoint_dir=args.checkpoint_dir)
+    result = evaluate(
+        args.source, tasks=args.tasks, steps=args.steps, tracking_uri=args.tracking_uri,
+        checkpoint_dir=args.checkpoint_dir, suite=args.suite, runs=args.runs,
+    )  # fmt: skip
+    for name, error in (result.per_run or {}).items():
+        print(f"{name}: error rate {100 * error:.1f}%")
     print_estimates(result.estimates)
     if result.run_id:
         print(f"logged as run {result.run_id}, nested under {result.parent_run_id}")

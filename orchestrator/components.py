@@ -1,23 +1,75 @@
 """Builds the task family and meta-learner a config describes.
 
 The driver and every worker call the same function (workers get it as a picklable
-``functools.partial``), so both sides always agree on the model and the algorithm.
+``functools.partial``), so both sides always agree on the data, the model and the algorithm.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from algorithms import FunctionalModel, MAML, build_learner, mlp
-from orchestrator.config import Config
-from tasks import TaskFamily, build_family
+from algorithms import Conv4Classifier, FunctionalModel, MetaLearner, build_learner, mlp
+from orchestrator.config import GRADIENT_BASED, Config
+from orchestrator.errors import UserError
+from tasks import SinusoidTasks, TaskFamily, descriptors
 
 LOSSES = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
 
 
-def build_components(config: Config) -> tuple[TaskFamily, MAML]:
-    family = build_family(config.task.name, config.task.shots, config.task.queries)
-    model = FunctionalModel(mlp(family.input_dim, config.model.hidden, family.output_dim))
-    a = config.algorithm
-    learner = build_learner(a.name, model, LOSSES[family.loss], a.inner_lr, a.inner_steps, a.vectorize)
-    return family, learner
+def build_family(config: Config, ways: int | None = None, shots: int | None = None, queries: int | None = None) -> TaskFamily:
+    """The config's task family, optionally at another N, K or Q (meta-test settings)."""
+    t = config.task
+    shots = t.shots if shots is None else shots
+    queries = t.queries if queries is None else queries
+    if t.name == "sinusoid":
+        return SinusoidTasks(shots=shots, queries=queries)
+    from tasks.omniglot import OmniglotTasks  # imports PIL; only Omniglot jobs pay for it
+
+    d = config.data
+    return OmniglotTasks(
+        d.root, ways=t.ways if ways is None else ways, shots=shots, queries=queries,
+        rotations=t.rotations, split=d.split, cache_dir=d.cache_dir,
+    )  # fmt: skip
+
+
+def build_learner_for(config: Config, family: TaskFamily) -> MetaLearner:
+    a, m = config.algorithm, config.model
+    if config.task.name == "sinusoid":
+        model = FunctionalModel(mlp(family.input_dim, m.hidden, family.output_dim))
+        vectorize = "vmap" if a.vectorize == "auto" else a.vectorize
+    else:
+        model = None
+        vectorize = "loop" if a.vectorize == "auto" else a.vectorize
+    if a.name in GRADIENT_BASED:
+        model = model or FunctionalModel(Conv4Classifier(config.task.ways))
+        return build_learner(
+            a.name, model, LOSSES[family.loss], a.inner_lr, a.inner_steps, vectorize,
+            transductive=m.transductive, classify=family.loss == "cross_entropy", first_order=a.first_order,
+        )  # fmt: skip
+    from algorithms import build_episodic
+
+    return build_episodic(a.name, ways=config.task.ways, transductive=m.transductive, vectorize=vectorize, fce=a.fce)
+
+
+def build_components(config: Config) -> tuple[TaskFamily, MetaLearner]:
+    family = build_family(config)
+    return family, build_learner_for(config, family)
+
+
+def prepare_data(config: Config) -> None:
+    """Build the data cache once, in the driver, and fail with exit 2 on bad data before any
+    worker starts: one episode of every split and every meta-test setting is built here."""
+    if config.task.name == "sinusoid":
+        return
+    from tasks.omniglot import DatasetError
+
+    e, t = config.eval, config.task
+    try:
+        family = build_family(config)
+        for split in ("train", "val", "test"):
+            family.batch(descriptors(config.seed, split, 0, 1))
+        for ways in e.ways or [t.ways]:
+            for shots in e.shots or [t.shots]:
+                build_family(config, ways=ways, shots=shots, queries=e.queries).batch(descriptors(config.seed, "test", 0, 1))
+    except DatasetError as exc:
+        raise UserError(f"data.root={config.data.root}: {exc}") from None

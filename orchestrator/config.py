@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import UserError
+
+
+DRAWINGS = 20  # Omniglot: drawings per character
 
 
 class Section(BaseModel):
@@ -21,13 +24,26 @@ class Section(BaseModel):
 
 
 class TaskConfig(Section):
-    name: Literal["sinusoid"] = "sinusoid"
-    shots: int = Field(10, ge=1, le=10_000, description="K: support examples per task")
-    queries: int = Field(10, ge=1, le=10_000, description="query examples per task in meta-training")
+    name: Literal["sinusoid", "omniglot"] = "sinusoid"
+    shots: int = Field(10, ge=1, le=10_000, description="K: support examples per task (per class when classifying)")
+    queries: int = Field(10, ge=1, le=10_000, description="query examples per task (per class) in meta-training")
+    ways: int = Field(5, ge=2, le=10_000, description="N: classes per episode (classification)")
+    rotations: bool = Field(True, description="rotations by 90/180/270 degrees as extra classes (Omniglot)")
+
+
+class DataConfig(Section):
+    root: str | None = Field(None, description="directory holding the Omniglot archives or their extracted folders")
+    cache_dir: str | None = Field(None, description="preprocessed-array cache (default ~/.cache/metaorch)")
+    split: Literal["auto"] | dict[Literal["train", "val", "test"], list[str]] = Field(
+        "auto", description="'auto' or alphabet names per split: {train: [...], val: [...], test: [...]}"
+    )
 
 
 class ModelConfig(Section):
-    hidden: list[int] = Field(default_factory=lambda: [40, 40])
+    hidden: list[int] = Field(default_factory=lambda: [40, 40], description="MLP widths (sinusoid)")
+    transductive: bool = Field(
+        True, description="Conv-4 batch norm uses query-batch statistics; false: support statistics only"
+    )
 
     @field_validator("hidden")
     @classmethod
@@ -37,11 +53,20 @@ class ModelConfig(Section):
         return hidden
 
 
+GRADIENT_BASED = ("maml", "fomaml", "metasgd", "reptile", "anil")
+EPISODIC = ("protonet", "matching", "siamese", "mann", "snail")
+ANY_WAYS = ("protonet", "matching", "siamese")  # no N-unit output layer: evaluate at any N
+
+
 class AlgorithmConfig(Section):
-    name: Literal["maml", "fomaml", "metasgd", "reptile"] = "maml"
+    name: Literal["maml", "fomaml", "metasgd", "reptile", "anil", "protonet", "matching", "siamese", "mann", "snail"] = "maml"
     inner_lr: float = Field(0.01, gt=0, le=10)
     inner_steps: int = Field(1, ge=1, le=1000)
-    vectorize: Literal["vmap", "loop"] = "vmap"
+    first_order: bool = Field(False, description="ANIL: drop second-order terms")
+    fce: bool = Field(False, description="Matching Networks: full context embeddings")
+    vectorize: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="auto: vmap for the MLP, a loop for Conv-4 (vmap's batched convolutions are slower)"
+    )
 
 
 class OuterConfig(Section):
@@ -68,6 +93,8 @@ class EvalConfig(Section):
     tasks: int = Field(600, ge=2)
     steps: list[int] = Field(default_factory=lambda: [1, 5, 10])
     queries: int = Field(100, ge=1)
+    ways: list[int] | None = Field(None, description="classification meta-test N (default: task.ways)")
+    shots: list[int] | None = Field(None, description="classification meta-test K (default: task.shots)")
     val_every: int = Field(500, ge=1)
     val_tasks: int = Field(100, ge=2)
     at_end: bool = True
@@ -79,6 +106,13 @@ class EvalConfig(Section):
         if not steps or any(s < 0 for s in steps):
             raise ValueError("must be a non-empty list of non-negative step counts")
         return steps
+
+    @field_validator("ways", "shots")
+    @classmethod
+    def _sizes(cls, sizes: list[int] | None) -> list[int] | None:
+        if sizes is not None and (not sizes or any(s < 1 for s in sizes)):
+            raise ValueError("must be a non-empty list of positive integers")
+        return sizes
 
 
 class CheckpointConfig(Section):
@@ -101,6 +135,7 @@ class RayConfig(Section):
 class Config(Section):
     seed: int = Field(0, ge=0, lt=2**63)
     task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     outer: OuterConfig = Field(default_factory=OuterConfig)
@@ -109,6 +144,29 @@ class Config(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        """Combinations no section can check alone, rejected before anything starts."""
+        t, a, e = self.task, self.algorithm.name, self.eval
+        if t.name == "sinusoid":
+            if a not in ("maml", "fomaml", "metasgd", "reptile"):
+                raise ValueError(f"algorithm.name={a!r} needs a classification task; sinusoid supports maml, fomaml, metasgd, reptile")
+            if not self.model.transductive:
+                raise ValueError("model.transductive=false applies to Conv-4 batch norm; the sinusoid MLP has none")
+            return self
+        if self.data.root is None:
+            raise ValueError(f"data.root is required for task.name={t.name!r}: the directory holding the archives")
+        ways = e.ways or [t.ways]
+        if a not in ANY_WAYS and ways != [t.ways]:
+            raise ValueError(f"eval.ways={ways}: {a} has a {t.ways}-way output layer; only [{t.ways}] is possible")
+        shots = max(e.shots or [t.shots])
+        if t.shots + t.queries > DRAWINGS or shots + e.queries > DRAWINGS:
+            raise ValueError(
+                f"Omniglot has {DRAWINGS} drawings per character: task.shots + task.queries = {t.shots + t.queries} "
+                f"and max(eval.shots) + eval.queries = {shots + e.queries} must both be <= {DRAWINGS}"
+            )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -164,7 +222,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
             lines.append(f"{field}: unknown key")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{field}: {msg} (got {err.get('input')!r})")
+            lines.append(f"{field}: {msg} (got {err.get('input')!r})" if err["loc"] else msg)
     return f"invalid config {source}: " + "; ".join(lines)
 
 

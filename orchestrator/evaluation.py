@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from algorithms.base import map_tasks
+from algorithms.base import FewShotClassifier, accuracy, map_tasks
+from algorithms.episodic import EpisodicLearner
 from algorithms.maml import MAML
 from tasks.base import TaskDescriptor, TaskFamily
 
@@ -41,19 +42,58 @@ def adapted_losses(
     """Query loss of every task after each number of inner steps: shape [tasks, len(steps)]."""
 
     def per_task(mp: torch.Tensor, task: dict[str, torch.Tensor]) -> torch.Tensor:
-        losses = [
-            learner.loss(learner.adapt(mp, task["support_x"], task["support_y"], s), task["query_x"], task["query_y"])
-            for s in steps
-        ]
+        sx, sy = task["support_x"], task["support_y"]
+        losses = [learner.loss_fn(learner.predict(learner.adapt(mp, sx, sy, s), sx, task["query_x"]), task["query_y"]) for s in steps]
         return torch.stack(losses)
 
+    return _per_task(per_task, learner, family, meta_params, tasks, queries, chunk_size)
+
+
+def _per_task(fn, learner, family: TaskFamily, meta_params: torch.Tensor, tasks: Sequence[TaskDescriptor], queries: int, chunk_size: int):
+    """``fn(meta_params, task)`` over ``tasks``, built ``chunk_size`` at a time, stacked on dim 0 (numpy)."""
     device = meta_params.device
     out = []
     for start in range(0, len(tasks), chunk_size):
         batch = family.batch(list(tasks[start : start + chunk_size]), queries=queries)
         batch = {k: v.to(device) for k, v in batch.items()}
-        out.append(map_tasks(per_task, meta_params.detach(), batch, learner.vectorize).detach().cpu().numpy())
-    return np.concatenate(out)
+        got = map_tasks(fn, meta_params.detach(), batch, learner.vectorize)
+        out.append(torch.utils._pytree.tree_map(lambda t: t.detach().cpu().numpy(), got))
+    return torch.utils._pytree.tree_map(lambda *xs: np.concatenate(xs), *out)
+
+
+def accuracies(
+    learner: FewShotClassifier,
+    family: TaskFamily,
+    meta_params: torch.Tensor,
+    tasks: Sequence[TaskDescriptor],
+    steps: Sequence[int | None],
+    queries: int,
+    chunk_size: int = 25,
+) -> np.ndarray:
+    """Query accuracy of every episode after each number of inner steps: [tasks, len(steps)].
+    ``None`` is the method's own setting (the only one for methods that do not adapt)."""
+
+    def per_task(mp: torch.Tensor, task: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad() if isinstance(learner, EpisodicLearner) else torch.enable_grad():
+            accs = [
+                accuracy(learner.query_logits(mp, task["support_x"], task["support_y"], task["query_x"], s).detach(), task["query_y"])
+                for s in steps
+            ]
+        return torch.stack(accs)
+
+    return _per_task(per_task, learner, family, meta_params, tasks, queries, chunk_size)
+
+
+def episode_metrics(
+    learner: EpisodicLearner, family: TaskFamily, meta_params: torch.Tensor, tasks: Sequence[TaskDescriptor], queries: int
+) -> dict[str, np.ndarray]:
+    """The method's own per-episode metrics (MANN's accuracy by instance, Siamese verification)."""
+
+    def per_task(mp: torch.Tensor, task: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return learner.episode_loss(mp, task)[1]
+
+    return _per_task(per_task, learner, family, meta_params, tasks, queries, 25)
 
 
 def meta_test(
@@ -66,3 +106,39 @@ def meta_test(
 ) -> dict[int, Estimate]:
     losses = adapted_losses(learner, family, meta_params, tasks, steps, queries)
     return {s: estimate(losses[:, i]) for i, s in enumerate(steps)}
+
+
+Estimates = dict[int | str, Estimate]  # regression: by inner steps; classification: by setting name
+
+
+def setting_name(ways: int, shots: int, steps: int | None) -> str:
+    return f"acc_{ways}way_{shots}shot" + ("" if steps is None else f"_step_{steps}")
+
+
+def classification_test(
+    config,
+    learner: FewShotClassifier,
+    meta_params: torch.Tensor,
+    tasks: Sequence[TaskDescriptor],
+    steps: Sequence[int],
+) -> Estimates:
+    """Accuracy at every (ways, shots[, steps]) of ``eval``, plus the method's own metrics
+    (MANN's accuracy by instance) at the training setting."""
+    from orchestrator.components import build_family
+
+    t, e = config.task, config.eval
+    adapts = not isinstance(learner, EpisodicLearner)
+    step_list: list[int | None] = list(steps) if adapts else [None]
+    out: Estimates = {}
+    for ways in e.ways or [t.ways]:
+        for shots in e.shots or [t.shots]:
+            family = build_family(config, ways=ways, shots=shots, queries=e.queries)
+            accs = accuracies(learner, family, meta_params, tasks, step_list, e.queries)
+            for i, s in enumerate(step_list):
+                out[setting_name(ways, shots, s)] = estimate(accs[:, i])
+    if not adapts:
+        family = build_family(config, queries=e.queries)
+        for name, values in episode_metrics(learner, family, meta_params, tasks, e.queries).items():
+            if name != "accuracy":
+                out[name] = estimate(values)
+    return out

@@ -20,18 +20,19 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
-from algorithms.maml import MAML
-from algorithms.meta_model import MetaModel
+from algorithms.base import MetaLearner
+from algorithms.episodic import EpisodicLearner
 from orchestrator import checkpoint as ckpt_io
 from orchestrator.aggregation import chunk, reduce_in_order
-from orchestrator.components import build_components
-from orchestrator.config import Config, from_dict
+from orchestrator.components import build_components, prepare_data
+from orchestrator.config import ANY_WAYS, Config, from_dict
 from orchestrator.console import Progress
 from orchestrator.errors import UserError
-from orchestrator.evaluation import Estimate, meta_test
+from orchestrator.evaluation import Estimate, Estimates, accuracies, classification_test, estimate, meta_test
 from orchestrator.learner import Learner
 from orchestrator.plots import regression_predictions
 from orchestrator.preflight import check_ray_address, check_tracking_uri, resolve_tracking_uri, sqlite_path
@@ -53,15 +54,16 @@ class RunResult:
     checkpoint: Path
     restarts: int
     train_seconds: float
-    test: dict[int, Estimate] | None = None
+    test: Estimates | None = None
     test_run_id: str | None = None
 
 
 @dataclass
 class EvalResult:
-    estimates: dict[int, Estimate]
+    estimates: Estimates
     run_id: str | None = None  # the nested MLflow run, if one was logged
     parent_run_id: str | None = None
+    per_run: dict[str, float] | None = None  # omniglot-runs: error rate of each run
 
 
 def resolve_checkpoint(source: str, tracking_uri: str, checkpoint_dir: str) -> ckpt_io.Checkpoint:
@@ -92,29 +94,39 @@ def resolve_checkpoint(source: str, tracking_uri: str, checkpoint_dir: str) -> c
         return ckpt_io.load(got)
 
 
-def _log_meta_test(tracker: Tracker, estimates: dict[int, Estimate], tasks: int) -> None:
-    tracker.log_params({"tasks": tasks, "steps": ",".join(map(str, estimates))})
-    for steps, est in estimates.items():
-        tracker.log_metrics({"test/loss": est.mean, "test/loss_ci95": est.ci95}, step=steps)
-        tracker.log_metrics({f"test/loss_step_{steps}": est.mean, f"test/loss_step_{steps}_ci95": est.ci95}, step=0)
+def _log_meta_test(tracker: Tracker, estimates: Estimates, tasks: int) -> None:
+    tracker.log_params({"tasks": tasks, "settings": ",".join(map(str, estimates))})
+    for key, est in estimates.items():
+        if isinstance(key, int):  # regression: loss by inner steps, also as a curve over steps
+            tracker.log_metrics({"test/loss": est.mean, "test/loss_ci95": est.ci95}, step=key)
+            key = f"loss_step_{key}"
+        tracker.log_metrics({f"test/{key}": est.mean, f"test/{key}_ci95": est.ci95}, step=0)
 
 
 def _meta_test_run(config: Config, meta_params: torch.Tensor, uri: str, parent_run_id: str | None, tasks: int, steps: list[int]):
     """Meta-test on fresh tasks; logged as a nested run of ``parent_run_id`` when there is one."""
     family, learner = build_components(config)
     test_tasks = descriptors(config.seed, "test", 0, tasks)
-    estimates = meta_test(learner, family, meta_params, test_tasks, steps, config.eval.queries)
-    run_id = None
-    if parent_run_id is not None:
-        try:
-            child = Tracker.start(uri, config.tracking.experiment, run_name="meta-test", parent_run_id=parent_run_id)
-        except Exception as exc:  # tracking went away after training: keep the numbers, say so
-            log.warning("meta-test not logged to %s: %s", uri, exc)
-            return estimates, None
-        _log_meta_test(child, estimates, tasks)
-        child.close()
-        run_id = child.run_id
+    if family.loss == "mse":
+        estimates: Estimates = dict(meta_test(learner, family, meta_params, test_tasks, steps, config.eval.queries))
+    else:
+        estimates = classification_test(config, learner, meta_params, test_tasks, steps)
+    run_id = _log_nested(config, uri, parent_run_id, "meta-test", lambda t: _log_meta_test(t, estimates, tasks))
     return estimates, run_id
+
+
+def _log_nested(config: Config, uri: str, parent_run_id: str | None, name: str, log_fn) -> str | None:
+    """A nested run under the training run; evaluation results are kept even if tracking is gone."""
+    if parent_run_id is None:
+        return None
+    try:
+        child = Tracker.start(uri, config.tracking.experiment, run_name=name, parent_run_id=parent_run_id)
+    except Exception as exc:  # tracking went away after training: keep the numbers, say so
+        log.warning("%s not logged to %s: %s", name, uri, exc)
+        return None
+    log_fn(child)
+    child.close()
+    return child.run_id
 
 
 def train(
@@ -131,6 +143,7 @@ def train(
     check_tracking_uri(uri)
     check_ray_address(address)
     start = resolve_checkpoint(resume, uri, config.checkpoint.dir) if resume else None
+    prepare_data(config)
 
     family, learner_fn = build_components(config)
     meta_params = learner_fn.init_meta_params(config.seed)
@@ -194,7 +207,7 @@ def _sigterm_as_exit() -> Iterator[None]:
 def _loop(
     config: Config,
     family: TaskFamily,
-    local_learner: MAML,
+    local_learner: MetaLearner,
     learner: Learner,
     pool: WorkerPool,
     tracker: Tracker,
@@ -235,17 +248,21 @@ def _loop(
                 "time/iteration_s": dt,
                 "time/tasks_per_s": o.meta_batch / dt,
                 "outer/lr": lr,
-            }
+            } | {f"train/{k}": float(v.mean()) for k, v in reduced.metrics.items()}
             if pool.restarts != restarts_logged:
                 restarts_logged = pool.restarts
                 metrics["workers/restarts"] = pool.restarts
-            if done % e.val_every == 0 or done == o.iterations:
-                val = meta_test(local_learner, family, learner.params.detach(), val_tasks, [config.algorithm.inner_steps], e.queries)
-                metrics["val/loss"] = val[config.algorithm.inner_steps].mean
-            if done % config.tracking.log_every == 0 or "val/loss" in metrics:
+            validating = done % e.val_every == 0 or done == o.iterations
+            if validating:
+                metrics.update(_validate(config, local_learner, family, learner.params.detach(), val_tasks))
+            if done % config.tracking.log_every == 0 or validating:
                 tracker.log_metrics(metrics, step=done)
-            shown = {"pre": metrics["train/loss_pre"], "post": metrics["train/loss_post"], "tasks/s": metrics["time/tasks_per_s"]}
-            bar.update(done, shown | ({"val": metrics["val/loss"]} if "val/loss" in metrics else {}))
+            shown = {"post": metrics["train/loss_post"], "tasks/s": metrics["time/tasks_per_s"]}
+            if "train/accuracy" in metrics:
+                shown["acc"] = metrics["train/accuracy"]
+            else:
+                shown = {"pre": metrics["train/loss_pre"]} | shown
+            bar.update(done, shown | {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")})
             if done % config.checkpoint.every == 0 and done < o.iterations:
                 save(done)
                 last_saved = done
@@ -265,15 +282,26 @@ def _loop(
     final_params = learner.params.detach()
     if e.at_end:
         result.test, result.test_run_id = _meta_test_run(config, final_params, tracker.uri, tracker.run_id, e.tasks, e.steps)
-    if e.plot_tasks:
+    if e.plot_tasks and family.loss == "mse":
         plot_tasks = descriptors(config.seed, "test", 1, e.plot_tasks)
         fig = regression_predictions(local_learner, family, final_params, plot_tasks, config.algorithm.inner_steps)
         tracker.log_figure(fig, "predictions.png")
-    net = local_learner.model.to_module(local_learner.weights(final_params))
-    lrs = local_learner.inner_lrs(final_params)
-    tracker.log_torch_model(MetaModel(net, lrs if isinstance(lrs, float) else lrs.detach().clone(), config.algorithm.inner_steps, family.loss))
+    if isinstance(local_learner, EpisodicLearner):
+        tracker.log_torch_model(local_learner.export(final_params))
+    else:
+        tracker.log_torch_model(local_learner.export(final_params, family.loss))
     tracker.close()
     return result
+
+
+def _validate(config: Config, learner: MetaLearner, family: TaskFamily, meta_params: torch.Tensor, tasks: list) -> dict[str, float]:
+    """Meta-validation at the training setting: query loss (regression) or accuracy."""
+    e = config.eval
+    if family.loss == "mse":
+        steps = config.algorithm.inner_steps
+        return {"val/loss": meta_test(learner, family, meta_params, tasks, [steps], e.queries)[steps].mean}
+    steps = None if isinstance(learner, EpisodicLearner) else config.algorithm.inner_steps
+    return {"val/accuracy": float(accuracies(learner, family, meta_params, tasks, [steps], family.queries).mean())}
 
 
 def evaluate(
@@ -283,8 +311,18 @@ def evaluate(
     steps: list[int] | None = None,
     tracking_uri: str | None = None,
     checkpoint_dir: str = "checkpoints",
+    suite: str = "meta-test",
+    runs: str | None = None,
 ) -> EvalResult:
-    """Meta-test a run or checkpoint on fresh tasks; logged as a nested run of its training run."""
+    """Meta-test a run or checkpoint, logged as a nested run of its training run.
+
+    ``suite="meta-test"``: fresh tasks from the config's task family. ``"omniglot-runs"``:
+    the one-shot runs at ``runs`` (a folder or zip in the original Omniglot format).
+    """
+    if suite not in SUITES:
+        raise UserError(f"--suite {suite!r}: expected one of {', '.join(SUITES)}")
+    if suite == "omniglot-runs" and not runs:
+        raise UserError("--suite omniglot-runs needs --runs DIR_OR_ZIP")
     uri = resolve_tracking_uri(tracking_uri or Config().tracking.uri)
     check_tracking_uri(uri)
     ckpt = resolve_checkpoint(source, uri, checkpoint_dir)
@@ -296,15 +334,57 @@ def evaluate(
         try:
             client(uri).get_run(parent)
         except Exception:
-            log.warning("training run %s is not in %s; the meta-test is not logged", parent, uri)
+            log.warning("training run %s is not in %s; the evaluation is not logged", parent, uri)
             parent = None
-    estimates, run_id = _meta_test_run(config, ckpt.meta_params, uri, parent, tasks, steps)
-    return EvalResult(estimates, run_id, parent)
+    if suite == "meta-test":
+        estimates, run_id = _meta_test_run(config, ckpt.meta_params, uri, parent, tasks, steps)
+        return EvalResult(estimates, run_id, parent)
+    errors = _omniglot_runs(config, ckpt.meta_params, runs, steps)
+    estimates = {"runs_error_rate": estimate(np.array(list(errors.values())))}
+
+    def log_runs(t: Tracker) -> None:
+        t.log_params({"runs": str(runs), "steps": ",".join(map(str, steps))})
+        t.log_metrics({f"runs/error_rate_{name}": e for name, e in errors.items()}, step=0)
+        t.log_metrics({"runs/error_rate": estimates["runs_error_rate"].mean, "runs/error_rate_ci95": estimates["runs_error_rate"].ci95}, step=0)
+
+    return EvalResult(estimates, _log_nested(config, uri, parent, "omniglot-runs", log_runs), parent, errors)
 
 
-def print_estimates(estimates: dict[int, Estimate], label: str = "meta-test MSE") -> None:
-    for steps, est in estimates.items():
-        print(f"{label} after {steps} inner step(s): {est} (95% CI, {est.n} tasks)")
+SUITES = ("meta-test", "omniglot-runs")
+
+
+def _omniglot_runs(config: Config, meta_params: torch.Tensor, runs: str, steps: list[int]) -> dict[str, float]:
+    """Error rate of every one-shot run; adapting methods use the last of ``steps``."""
+    from tasks.omniglot import DatasetError, read_runs
+
+    if config.task.name != "omniglot":
+        raise UserError(f"--suite omniglot-runs: the checkpoint was trained on task.name={config.task.name!r}, not omniglot")
+    try:
+        loaded = read_runs(runs)
+    except DatasetError as exc:
+        raise UserError(f"--runs {runs}: {exc}") from None
+    _, learner = build_components(config)
+    adapts = not isinstance(learner, EpisodicLearner)
+    errors = {}
+    for run in loaded:
+        ways = run.support_x.shape[0]
+        if config.algorithm.name not in ANY_WAYS and ways != config.task.ways:
+            raise UserError(
+                f"--runs {runs}: {run.name} is {ways}-way, but {config.algorithm.name} was trained "
+                f"{config.task.ways}-way (task.ways) and has an output layer of that size"
+            )
+        episode = {k: v[0] for k, v in run.to_batch().items()}
+        logits = learner.query_logits(meta_params, episode["support_x"], episode["support_y"], episode["query_x"], steps[-1] if adapts else None)
+        errors[run.name] = float((logits.argmax(-1) != episode["query_y"]).float().mean())
+    return errors
+
+
+def print_estimates(estimates: Estimates) -> None:
+    for key, est in estimates.items():
+        if isinstance(key, int):
+            print(f"meta-test MSE after {key} inner step(s): {est} (95% CI, {est.n} tasks)")
+        else:
+            print(f"meta-test {key}: {est} (95% CI, {est.n} episodes)")
 
 
 __all__ = ["EvalResult", "RunResult", "evaluate", "print_estimates", "train"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from algorithms import TaskBatch
-from tasks import SinusoidTasks, TaskDescriptor, build_family, descriptors
+from tasks import SinusoidTasks, TaskDescriptor, descriptors
 
 KEYS = ("support_x", "support_y", "query_x", "query_y", "amplitude", "phase")
 
@@ -73,7 +73,7 @@ def test_task_is_independent_of_the_batch_it_is_built_in() -> None:
 def test_shapes_and_query_override() -> None:
     """Support is [B, K, 1] and query [B, Q, 1]; ``queries=`` overrides Q without changing the support."""
     ds = descriptors(seed=0, split="train", iteration=0, count=3)
-    family = build_family("sinusoid", shots=5, queries=7)
+    family = SinusoidTasks(shots=5, queries=7)
     batch = family.batch(ds)
     assert batch["support_x"].shape == batch["support_y"].shape == (3, 5, 1)
     assert batch["query_x"].shape == batch["query_y"].shape == (3, 7, 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ class ChunkResult:
     direction: np.ndarray  # summed over the chunk's tasks
     pre_loss: np.ndarray  # per task
     post_loss: np.ndarray  # per task
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)  # per task, e.g. query accuracy
 
 
 def shard(items: Sequence[WorkItem], parts: int) -> list[list[WorkItem]]:
@@ -75,6 +76,7 @@ class MetaWorker:
                     direction=update.direction.cpu().numpy(),
                     pre_loss=update.pre_loss.cpu().numpy(),
                     post_loss=update.post_loss.cpu().numpy(),
+                    metrics={k: v.cpu().numpy() for k, v in update.metrics.items()},
                 )
             )
         return results
