@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from algorithms.base import LossFn, MetaLearner, OuterUpdate, TaskBatch, Vectorize
+from algorithms.anil import ANIL
+from algorithms.base import FewShotClassifier, LossFn, MetaLearner, OuterUpdate, TaskBatch, Vectorize
+from algorithms.conv4 import Conv4, Conv4Classifier
+from algorithms.episodic import EpisodicLearner, EpisodicModel
 from algorithms.maml import MAML
 from algorithms.meta_model import MetaModel
 from algorithms.models import FunctionalModel, mlp
 from algorithms.params import ParamLayout
 from algorithms.reptile import Reptile
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+GRADIENT_BASED = ("maml", "fomaml", "metasgd", "reptile", "anil")
+ALGORITHMS = GRADIENT_BASED
 
 
 def build_learner(
@@ -19,9 +23,16 @@ def build_learner(
     inner_lr: float,
     inner_steps: int,
     vectorize: Vectorize = "vmap",
+    transductive: bool = True,
+    classify: bool = False,
+    first_order: bool = False,
 ) -> MAML:
+    """A gradient-based meta-learner; ``first_order`` applies to ANIL (FOMAML is its own name)."""
+    options = dict(vectorize=vectorize, transductive=transductive, classify=classify)
     if name == "reptile":
-        return Reptile(model, loss_fn, inner_lr, inner_steps, vectorize)
+        return Reptile(model, loss_fn, inner_lr, inner_steps, **options)
+    if name == "anil":
+        return ANIL(model, loss_fn, inner_lr, inner_steps, first_order=first_order, **options)
     if name in ("maml", "fomaml", "metasgd"):
         return MAML(
             model,
@@ -30,13 +41,53 @@ def build_learner(
             inner_steps,
             first_order=name == "fomaml",
             learn_inner_lr=name == "metasgd",
-            vectorize=vectorize,
+            **options,
         )
     raise ValueError(f"unknown algorithm {name!r}; expected one of {ALGORITHMS}")
 
 
+EPISODIC = ("protonet", "matching", "siamese", "mann", "snail")
+
+
+def build_episodic(
+    name: str, ways: int, shots: int = 1, transductive: bool = True, vectorize: Vectorize = "loop", fce: bool = False
+) -> EpisodicLearner:
+    """A metric or sequence learner on Conv-4; ``ways`` sizes the output of MANN and SNAIL,
+    ``shots`` the depth of SNAIL's temporal convolutions (one network per shot count, as in the paper)."""
+    options = dict(transductive=transductive, vectorize=vectorize)
+    if name == "protonet":
+        from algorithms.protonet import ProtoNet
+
+        return ProtoNet(**options)
+    if name == "matching":
+        from algorithms.matching import MatchingNetworks, matching_model
+
+        return MatchingNetworks(matching_model(fce=fce), **options)
+    if name == "siamese":
+        from algorithms.siamese import SiameseNetworks
+
+        return SiameseNetworks(**options)
+    if name == "mann":
+        from algorithms.mann import MANN
+
+        return MANN(ways, **options)
+    if name == "snail":
+        from algorithms.snail import SNAIL
+
+        return SNAIL(ways, shots=shots, **options)
+    raise ValueError(f"unknown algorithm {name!r}; expected one of {EPISODIC}")
+
+
 __all__ = [
     "ALGORITHMS",
+    "ANIL",
+    "Conv4",
+    "Conv4Classifier",
+    "EPISODIC",
+    "EpisodicLearner",
+    "EpisodicModel",
+    "FewShotClassifier",
+    "GRADIENT_BASED",
     "MAML",
     "FunctionalModel",
     "LossFn",
@@ -47,6 +98,7 @@ __all__ = [
     "Reptile",
     "TaskBatch",
     "Vectorize",
+    "build_episodic",
     "build_learner",
     "mlp",
 ]

@@ -48,7 +48,7 @@ def build_learner_for(config: Config, family: TaskFamily) -> MetaLearner:
         )  # fmt: skip
     from algorithms import build_episodic
 
-    return build_episodic(a.name, ways=config.task.ways, transductive=m.transductive, vectorize=vectorize, fce=a.fce)
+    return build_episodic(a.name, ways=config.task.ways, shots=config.task.shots, transductive=m.transductive, vectorize=vectorize, fce=a.fce)
 
 
 def build_components(config: Config) -> tuple[TaskFamily, MetaLearner]:
