@@ -26,11 +26,13 @@ def build_learner(
     transductive: bool = True,
     classify: bool = False,
     first_order: bool = False,
+    track_pre: bool = True,
 ) -> MAML:
     """A gradient-based meta-learner; ``first_order`` applies to ANIL (FOMAML is its own name)."""
     options = dict(vectorize=vectorize, transductive=transductive, classify=classify)
     if name == "reptile":
         return Reptile(model, loss_fn, inner_lr, inner_steps, **options)
+    options["track_pre"] = track_pre
     if name == "anil":
         return ANIL(model, loss_fn, inner_lr, inner_steps, first_order=first_order, **options)
     if name in ("maml", "fomaml", "metasgd"):

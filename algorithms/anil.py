@@ -9,9 +9,9 @@ have submodules ``body`` and ``head`` (a ``nn.Linear``), as ``Conv4Classifier`` 
 from __future__ import annotations
 
 import torch
-from torch.func import grad
 from torch.nn import functional as F
 
+from algorithms.base import inner_grad
 from algorithms.maml import MAML
 
 
@@ -32,8 +32,5 @@ class ANIL(MAML):
 
         h = weights[head]
         for _ in range(steps):
-            g = grad(head_loss)(h)
-            if self.first_order:
-                g = g.detach()
-            h = h - lrs * g
+            h = h - lrs * inner_grad(head_loss, h, not self.first_order)
         return torch.cat([weights[: head.start], h, weights[head.stop :]])

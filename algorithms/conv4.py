@@ -54,6 +54,8 @@ class Conv4(nn.Module):
         self.out_features = filters
 
     def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
+        if torch._C._functorch.maybe_current_level() is None:  # vmap has no channels_last
+            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout: ~10-30% faster on CPU
         for conv, norm in zip(self.convs, self.norms):
             x = F.max_pool2d(F.relu(norm(conv(x), stats_rows)), 2)
         return x.flatten(1)

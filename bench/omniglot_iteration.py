@@ -44,7 +44,7 @@ def bench_config(root: str, cache: str, iterations: int, vectorize: str = "loop"
         {
             "task": {"name": "omniglot", "ways": WAYS, "shots": SHOTS, "queries": QUERIES},
             "data": {"root": root, "cache_dir": cache},
-            "algorithm": {"name": "maml", "inner_lr": INNER_LR, "inner_steps": 1, "vectorize": vectorize},
+            "algorithm": {"name": "maml", "inner_lr": INNER_LR, "inner_steps": 1, "vectorize": vectorize, "track_pre": False},
             "outer": {"meta_batch": META_BATCH, "iterations": iterations},
             "workers": {"num_workers": workers, "num_cpus": 1, "threads": 1, "chunk_size": META_BATCH // 4},
             "eval": {"at_end": False, "plot_tasks": 0, "val_every": 10**9, "queries": QUERIES},

@@ -44,7 +44,7 @@ def build_learner_for(config: Config, family: TaskFamily) -> MetaLearner:
         model = model or FunctionalModel(Conv4Classifier(config.task.ways))
         return build_learner(
             a.name, model, LOSSES[family.loss], a.inner_lr, a.inner_steps, vectorize,
-            transductive=m.transductive, classify=family.loss == "cross_entropy", first_order=a.first_order,
+            transductive=m.transductive, classify=family.loss == "cross_entropy", first_order=a.first_order, track_pre=a.track_pre,
         )  # fmt: skip
     from algorithms import build_episodic
 

@@ -64,6 +64,9 @@ class AlgorithmConfig(Section):
     inner_steps: int = Field(1, ge=1, le=1000)
     first_order: bool = Field(False, description="ANIL: drop second-order terms")
     fce: bool = Field(False, description="Matching Networks: full context embeddings")
+    track_pre: bool = Field(
+        True, description="MAML family: also log the query loss/accuracy before adaptation (one more forward per task)"
+    )
     vectorize: Literal["auto", "vmap", "loop"] = Field(
         "auto", description="auto: vmap for the MLP, a loop for Conv-4 (vmap's batched convolutions are slower)"
     )

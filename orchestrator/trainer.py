@@ -243,12 +243,14 @@ def _loop(
             done = it + 1
             dt = time.perf_counter() - t0
             metrics = {
-                "train/loss_pre": float(reduced.pre_loss.mean()),
+                "train/loss_pre": float(reduced.pre_loss.mean()),  # nan when algorithm.track_pre is off
                 "train/loss_post": float(reduced.post_loss.mean()),
                 "time/iteration_s": dt,
                 "time/tasks_per_s": o.meta_batch / dt,
                 "outer/lr": lr,
             } | {f"train/{k}": float(v.mean()) for k, v in reduced.metrics.items()}
+            if not np.isfinite(metrics["train/loss_pre"]):
+                del metrics["train/loss_pre"]
             if pool.restarts != restarts_logged:
                 restarts_logged = pool.restarts
                 metrics["workers/restarts"] = pool.restarts
@@ -260,7 +262,7 @@ def _loop(
             shown = {"post": metrics["train/loss_post"], "tasks/s": metrics["time/tasks_per_s"]}
             if "train/accuracy" in metrics:
                 shown["acc"] = metrics["train/accuracy"]
-            else:
+            elif "train/loss_pre" in metrics:
                 shown = {"pre": metrics["train/loss_pre"]} | shown
             bar.update(done, shown | {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")})
             if done % config.checkpoint.every == 0 and done < o.iterations:

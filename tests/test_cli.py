@@ -366,3 +366,45 @@ def test_train_tracking_uri_in_missing_directory(main_rejects):
 def test_eval_bad_arguments(main_rejects, args, needles):
     main_rejects(["eval", "missing.pt", *args], needles)
 
+
+
+# --- Omniglot data: bad archives are caught before Ray starts -----------------------------------
+
+OMNIGLOT_TINY = [
+    "--set", "task.name=omniglot", "--set", "task.shots=1", "--set", "task.queries=5", "--set", "eval.queries=5",
+]  # fmt: skip
+
+
+def _omniglot_root(job: Path, kind: str) -> str:
+    root = job / "omniglot"
+    root.mkdir()
+    if kind == "corrupt":
+        (root / "images_background_small1.zip").write_bytes(b"PK\x03\x04 this is not a zip archive")
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "kind,extra,needles",
+    [
+        ("missing", [], ["data.root", "images_background_small1.zip", "images_background.zip"]),
+        ("corrupt", [], ["data.root", "images_background_small1.zip"]),
+    ],
+    ids=["no-archives", "corrupt-zip"],
+)
+def test_train_rejects_bad_omniglot_data(job, main_rejects, tmp_path_factory, kind, extra, needles):
+    root = _omniglot_root(job, kind)
+    cache = tmp_path_factory.mktemp("cache")
+    main_rejects(["train", "tiny.yaml", *OMNIGLOT_TINY, *_sets(f"data.root={root}", f"data.cache_dir={cache}"), *extra], needles)
+    assert not cache.exists() or not any(cache.iterdir()), "a cache was written for bad data"
+
+
+def test_train_rejects_unknown_alphabet(job, main_rejects, tmp_path_factory):
+    shared = ROOT.parent / "shared" / "data" / "omniglot"
+    if not shared.is_dir():
+        pytest.skip(f"Omniglot small sets not found at {shared}")
+    split = "data.split={train: [Greek], val: [Latin], test: [Klingon]}"
+    main_rejects(["train", "tiny.yaml", *OMNIGLOT_TINY, *_sets(f"data.root={shared}", f"data.cache_dir={tmp_path_factory.mktemp('cache')}", split)], ["Klingon"])
+
+
+def test_omniglot_without_root_names_the_field(job, main_rejects):
+    main_rejects(["train", "tiny.yaml", *OMNIGLOT_TINY], ["data.root"])
