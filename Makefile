@@ -27,6 +27,8 @@ test: venv
 bench: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/maml_iteration.py
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/sinusoid_results.py
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/omniglot_iteration.py
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/omniglot_results.py
 
 clean:
 	rm -rf $(VENV) checkpoints mlruns mlflow.db

@@ -34,6 +34,7 @@ from torch.nn import functional as F  # noqa: E402
 from orchestrator.components import build_components  # noqa: E402
 from orchestrator.config import Config, from_dict  # noqa: E402
 from orchestrator.learner import Learner  # noqa: E402
+from maml_iteration import orchestrated  # noqa: E402  (bench/ is on sys.path when run as a script)
 from tasks.base import descriptors  # noqa: E402
 
 META_BATCH, WAYS, SHOTS, QUERIES, INNER_LR = 32, 5, 1, 15, 0.4
@@ -116,24 +117,6 @@ def plain(config: Config, iterations: int) -> list[float]:
     return times
 
 
-def orchestrated(config: Config) -> list[float]:
-    import ray
-    from mlflow.tracking import MlflowClient
-
-    from orchestrator.trainer import train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{tmp}/bench.db"
-        config = config.model_copy(update={"checkpoint": config.checkpoint.model_copy(update={"dir": f"{tmp}/ckpt"})})
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-        try:
-            result = train(config, tracking_uri=uri, progress=False)
-        finally:
-            ray.shutdown()
-        history = MlflowClient(uri).get_metric_history(result.run_id, "time/iteration_s")
-        return [m.value for m in sorted(history, key=lambda m: m.step)]
-
-
 def episodes_per_second(config: Config, iterations: int) -> None:
     """One worker's view (1 thread): is building episodes ever the bottleneck?"""
     torch.set_num_threads(1)
@@ -182,7 +165,7 @@ def main() -> None:
         to = summary("TorchOpt (1 process, 2 threads)", with_torchopt(config, n), 1)
         loop = summary("this MAML, loop (1 process, 2 threads)", plain(config, n), 1)
         vm = summary("this MAML, vmap (1 process, 2 threads)", plain(bench_config(config.data.root, cache, n, "vmap"), n), 1)
-        orch = summary("orchestrator, 2 workers x 1 thread", orchestrated(config), 3)
+        orch = summary("orchestrator, 2 workers x 1 thread", orchestrated(config)[0], 3)
         best = min(hi, to)
         print(f"ratio orchestrator / min(higher, TorchOpt) = {orch / best:.2f}   (target <= 0.6)")
         print(f"ratio vmap / loop (1 process)              = {vm / loop:.2f}")
