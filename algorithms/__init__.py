@@ -13,7 +13,8 @@ from algorithms.params import ParamLayout
 from algorithms.reptile import Reptile
 
 GRADIENT_BASED = ("maml", "fomaml", "metasgd", "reptile", "anil")
-ALGORITHMS = GRADIENT_BASED
+EPISODIC = ("protonet", "matching", "siamese", "mann", "snail")
+ALGORITHMS = GRADIENT_BASED + EPISODIC
 
 
 def build_learner(
@@ -45,10 +46,7 @@ def build_learner(
             learn_inner_lr=name == "metasgd",
             **options,
         )
-    raise ValueError(f"unknown algorithm {name!r}; expected one of {ALGORITHMS}")
-
-
-EPISODIC = ("protonet", "matching", "siamese", "mann", "snail")
+    raise ValueError(f"unknown gradient-based algorithm {name!r}; expected one of {GRADIENT_BASED}")
 
 
 def build_episodic(

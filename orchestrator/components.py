@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from algorithms import Conv4Classifier, FunctionalModel, MetaLearner, build_learner, mlp
-from orchestrator.config import GRADIENT_BASED, Config
+from algorithms import GRADIENT_BASED, Conv4Classifier, FunctionalModel, MetaLearner, build_learner, mlp
+from orchestrator.config import Config
 from orchestrator.errors import UserError
 from tasks import SinusoidTasks, TaskFamily, descriptors
 

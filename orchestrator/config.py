@@ -53,8 +53,6 @@ class ModelConfig(Section):
         return hidden
 
 
-GRADIENT_BASED = ("maml", "fomaml", "metasgd", "reptile", "anil")
-EPISODIC = ("protonet", "matching", "siamese", "mann", "snail")
 ANY_WAYS = ("protonet", "matching", "siamese")  # no N-unit output layer: evaluate at any N
 
 

@@ -32,7 +32,7 @@ from orchestrator.components import build_components, prepare_data
 from orchestrator.config import ANY_WAYS, Config, from_dict
 from orchestrator.console import Progress
 from orchestrator.errors import UserError
-from orchestrator.evaluation import Estimate, Estimates, accuracies, classification_test, estimate, meta_test
+from orchestrator.evaluation import Estimates, accuracies, classification_test, estimate, meta_test
 from orchestrator.learner import Learner
 from orchestrator.plots import regression_predictions
 from orchestrator.preflight import check_ray_address, check_tracking_uri, resolve_tracking_uri, sqlite_path

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.components import build_components
-from orchestrator.config import EPISODIC, from_dict
+from algorithms import EPISODIC
+from orchestrator.config import from_dict
 from orchestrator.evaluation import classification_test
 from orchestrator.trainer import evaluate, train
 from tasks import descriptors
