@@ -55,7 +55,7 @@ class Conv4(nn.Module):
 
     def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
         if torch._C._functorch.maybe_current_level() is None:  # vmap has no channels_last
-            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout: ~10-30% faster on CPU
+            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's layout: 0-12% faster per MAML episode here
         for conv, norm in zip(self.convs, self.norms):
             x = F.max_pool2d(F.relu(norm(conv(x), stats_rows)), 2)
         return x.flatten(1)
