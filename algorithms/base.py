@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
+from torch import nn
 from torch.func import grad, vmap
 
 # A batch of tasks, stacked on dim 0: support_x, support_y, query_x, query_y, ...
@@ -44,6 +45,10 @@ class MetaLearner(Protocol):
     def init_meta_params(self, seed: int) -> torch.Tensor: ...
 
     def outer_update(self, meta_params: torch.Tensor, batch: TaskBatch) -> OuterUpdate: ...
+
+    def export(self, meta_params: torch.Tensor) -> nn.Module:
+        """The trained method as an ``nn.Module``: what is logged to MLflow."""
+        ...
 
 
 class FewShotClassifier(MetaLearner, Protocol):

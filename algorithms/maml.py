@@ -111,8 +111,8 @@ class MAML:
         pre = aux.pop("pre_loss")
         return OuterUpdate(direction, pre.detach(), post.detach(), {k: v.detach() for k, v in aux.items()})
 
-    def export(self, meta_params: torch.Tensor, loss: str) -> nn.Module:
+    def export(self, meta_params: torch.Tensor) -> nn.Module:
         """The meta-initialisation as an ``nn.Module`` that can ``adapt`` itself (logged to MLflow)."""
         lrs = self.inner_lrs(meta_params)
         lrs = lrs if isinstance(lrs, float) else lrs.detach().clone()
-        return MetaModel(self.model.to_module(self.weights(meta_params)), lrs, self.inner_steps, loss)
+        return MetaModel(self.model.to_module(self.weights(meta_params)), lrs, self.inner_steps, self.loss_fn)

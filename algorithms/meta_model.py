@@ -8,27 +8,30 @@ was meta-trained with (including Meta-SGD's learned per-weight learning rates).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class MetaModel(nn.Module):
-    def __init__(self, net: nn.Module, inner_lrs: torch.Tensor | float, inner_steps: int, loss: str = "mse"):
+    def __init__(
+        self,
+        net: nn.Module,
+        inner_lrs: torch.Tensor | float,
+        inner_steps: int,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.mse_loss,
+    ):
         super().__init__()
         self.net = net
         lrs = torch.as_tensor(inner_lrs, dtype=torch.float32)
         self.register_buffer("inner_lrs", lrs.detach().clone())
         self.inner_steps = inner_steps
-        self.loss = loss
+        self.loss_fn = loss_fn  # the learner's own (a torch.nn.functional function: pickles by name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def task_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.loss == "mse":
-            return nn.functional.mse_loss(pred, y)
-        return nn.functional.cross_entropy(pred, y)
 
     def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> nn.Module:
         """A copy of the network after ``steps`` inner SGD steps on (x, y)."""
@@ -36,7 +39,7 @@ class MetaModel(nn.Module):
         params = list(net.parameters())
         lrs = torch.split(self.inner_lrs, [p.numel() for p in params]) if self.inner_lrs.ndim else None
         for _ in range(self.inner_steps if steps is None else steps):
-            grads = torch.autograd.grad(self.task_loss(net(x), y), params)
+            grads = torch.autograd.grad(self.loss_fn(net(x), y), params)
             with torch.no_grad():
                 for i, (p, g) in enumerate(zip(params, grads)):
                     p -= (lrs[i].view_as(p) if lrs is not None else self.inner_lrs) * g

@@ -74,7 +74,7 @@ def accuracies(
     ``None`` is the method's own setting (the only one for methods that do not adapt)."""
 
     def per_task(mp: torch.Tensor, task: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad() if isinstance(learner, EpisodicLearner) else torch.enable_grad():
+        with torch.no_grad():  # MAML's inner loop takes its own gradients (algorithms.base.inner_grad)
             accs = [
                 accuracy(learner.query_logits(mp, task["support_x"], task["support_y"], task["query_x"], s).detach(), task["query_y"])
                 for s in steps

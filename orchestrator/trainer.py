@@ -25,7 +25,6 @@ import torch
 import yaml
 
 from algorithms.base import MetaLearner
-from algorithms.episodic import EpisodicLearner
 from orchestrator import checkpoint as ckpt_io
 from orchestrator.aggregation import chunk, reduce_in_order
 from orchestrator.components import build_components, prepare_data
@@ -288,10 +287,7 @@ def _loop(
         plot_tasks = descriptors(config.seed, "test", 1, e.plot_tasks)
         fig = regression_predictions(local_learner, family, final_params, plot_tasks, config.algorithm.inner_steps)
         tracker.log_figure(fig, "predictions.png")
-    if isinstance(local_learner, EpisodicLearner):
-        tracker.log_torch_model(local_learner.export(final_params))
-    else:
-        tracker.log_torch_model(local_learner.export(final_params, family.loss))
+    tracker.log_torch_model(local_learner.export(final_params))
     tracker.close()
     return result
 
@@ -302,8 +298,7 @@ def _validate(config: Config, learner: MetaLearner, family: TaskFamily, meta_par
     if family.loss == "mse":
         steps = config.algorithm.inner_steps
         return {"val/loss": meta_test(learner, family, meta_params, tasks, [steps], e.queries)[steps].mean}
-    steps = None if isinstance(learner, EpisodicLearner) else config.algorithm.inner_steps
-    return {"val/accuracy": float(accuracies(learner, family, meta_params, tasks, [steps], family.queries).mean())}
+    return {"val/accuracy": float(accuracies(learner, family, meta_params, tasks, [None], family.queries).mean())}
 
 
 def evaluate(
@@ -356,7 +351,7 @@ SUITES = ("meta-test", "omniglot-runs")
 
 
 def _omniglot_runs(config: Config, meta_params: torch.Tensor, runs: str, steps: list[int]) -> dict[str, float]:
-    """Error rate of every one-shot run; adapting methods use the last of ``steps``."""
+    """Error rate of every one-shot run; adapting methods use the last of ``steps``, others ignore it."""
     from tasks.omniglot import DatasetError, read_runs
 
     if config.task.name != "omniglot":
@@ -366,7 +361,6 @@ def _omniglot_runs(config: Config, meta_params: torch.Tensor, runs: str, steps: 
     except DatasetError as exc:
         raise UserError(f"--runs {runs}: {exc}") from None
     _, learner = build_components(config)
-    adapts = not isinstance(learner, EpisodicLearner)
     errors = {}
     for run in loaded:
         ways = run.support_x.shape[0]
@@ -376,7 +370,7 @@ def _omniglot_runs(config: Config, meta_params: torch.Tensor, runs: str, steps: 
                 f"{config.task.ways}-way (task.ways) and has an output layer of that size"
             )
         episode = {k: v[0] for k, v in run.to_batch().items()}
-        logits = learner.query_logits(meta_params, episode["support_x"], episode["support_y"], episode["query_x"], steps[-1] if adapts else None)
+        logits = learner.query_logits(meta_params, episode["support_x"], episode["support_y"], episode["query_x"], steps[-1])
         errors[run.name] = float((logits.argmax(-1) != episode["query_y"]).float().mean())
     return errors
 

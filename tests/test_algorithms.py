@@ -229,10 +229,8 @@ def test_meta_model_adapts_like_the_learner(name: str) -> None:
     batch = make_batch(tasks=1, shots=10, queries=20, dtype=torch.float32)
     sx, sy, qx = batch["support_x"][0], batch["support_y"][0], batch["query_x"][0]
 
-    # Built as orchestrator/trainer.py exports it.
-    lrs = learner.inner_lrs(meta_params)
-    net = learner.model.to_module(learner.weights(meta_params))
-    meta_model = MetaModel(net, lrs if isinstance(lrs, float) else lrs.detach().clone(), learner.inner_steps, "mse")
+    meta_model = learner.export(meta_params)  # what orchestrator/trainer.py logs to MLflow
+    assert isinstance(meta_model, MetaModel)
     before = meta_model(qx).detach().clone()
 
     for steps in (None, 1):
