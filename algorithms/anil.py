@@ -9,26 +9,25 @@ have submodules ``body`` and ``head`` (a ``nn.Linear``), as ``Conv4Classifier`` 
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
+from torch.func import functional_call
 
 from algorithms.base import inner_grad
 from algorithms.maml import MAML
+from algorithms.params import ParamLayout
 
 
 class ANIL(MAML):
-    def _head(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out_features, in_features = self.model.module.head.weight.shape
-        return flat[: out_features * in_features].view(out_features, in_features), flat[out_features * in_features :]
-
     def adapt(self, meta_params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
         weights, lrs = self.weights(meta_params), self.inner_lrs(meta_params)
         head = self.model.slice("head")
         if not isinstance(lrs, float):
             lrs = lrs[head]
         features = self.model.sub(weights, "body", x)
+        head_module = self.model.module.head
+        layout = ParamLayout.of(head_module)
 
         def head_loss(h: torch.Tensor) -> torch.Tensor:
-            return self.loss_fn(F.linear(features, *self._head(h)), y)
+            return self.loss_fn(functional_call(head_module, layout.unflatten(h), (features,)), y)
 
         h = weights[head]
         for _ in range(steps):
