@@ -28,11 +28,13 @@ def build_learner(
     classify: bool = False,
     first_order: bool = False,
     track_pre: bool = True,
+    inner_optimizer: str = "sgd",
+    inner_batch: int | None = None,
 ) -> MAML:
     """A gradient-based meta-learner; ``first_order`` applies to ANIL (FOMAML is its own name)."""
     options = dict(vectorize=vectorize, transductive=transductive, classify=classify)
     if name == "reptile":
-        return Reptile(model, loss_fn, inner_lr, inner_steps, **options)
+        return Reptile(model, loss_fn, inner_lr, inner_steps, inner_optimizer=inner_optimizer, inner_batch=inner_batch, **options)
     options["track_pre"] = track_pre
     if name == "anil":
         return ANIL(model, loss_fn, inner_lr, inner_steps, first_order=first_order, **options)

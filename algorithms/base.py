@@ -21,6 +21,8 @@ from torch.func import grad, vmap
 TaskBatch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Vectorize = Literal["vmap", "loop"]
+# Reptile's inner Adam (Nichol et al.): beta1 = 0, so only the second moment is kept.
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
 
 @dataclass

@@ -19,6 +19,8 @@ from algorithms.models import FunctionalModel
 
 
 class MAML:
+    inner_optimizer = "sgd"  # Reptile may use Adam
+
     def __init__(
         self,
         model: FunctionalModel,
@@ -115,4 +117,4 @@ class MAML:
         """The meta-initialisation as an ``nn.Module`` that can ``adapt`` itself (logged to MLflow)."""
         lrs = self.inner_lrs(meta_params)
         lrs = lrs if isinstance(lrs, float) else lrs.detach().clone()
-        return MetaModel(self.model.to_module(self.weights(meta_params)), lrs, self.inner_steps, self.loss_fn)
+        return MetaModel(self.model.to_module(self.weights(meta_params)), lrs, self.inner_steps, self.loss_fn, self.inner_optimizer)

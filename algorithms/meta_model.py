@@ -2,7 +2,8 @@
 
 This is what lands in MLflow: ``mlflow.pytorch.load_model`` returns it, ``forward`` is the
 meta-initialisation, and ``adapt(x, y)`` returns a fine-tuned copy using the inner loop it
-was meta-trained with (including Meta-SGD's learned per-weight learning rates).
+was meta-trained with (including Meta-SGD's learned per-weight learning rates, and
+Reptile's inner Adam).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from algorithms.base import ADAM_BETA2, ADAM_EPS
+
 
 class MetaModel(nn.Module):
     def __init__(
@@ -22,6 +25,7 @@ class MetaModel(nn.Module):
         inner_lrs: torch.Tensor | float,
         inner_steps: int,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.mse_loss,
+        inner_optimizer: str = "sgd",
     ):
         super().__init__()
         self.net = net
@@ -29,16 +33,25 @@ class MetaModel(nn.Module):
         self.register_buffer("inner_lrs", lrs.detach().clone())
         self.inner_steps = inner_steps
         self.loss_fn = loss_fn  # the learner's own (a torch.nn.functional function: pickles by name)
+        self.inner_optimizer = inner_optimizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> nn.Module:
-        """A copy of the network after ``steps`` inner SGD steps on (x, y)."""
+        """A copy of the network after ``steps`` inner steps on (x, y)."""
         net = copy.deepcopy(self.net)
         params = list(net.parameters())
+        steps = self.inner_steps if steps is None else steps
+        if self.inner_optimizer == "adam":  # Reptile: Adam with beta1 = 0, fresh state
+            opt = torch.optim.Adam(params, lr=float(self.inner_lrs), betas=(0.0, ADAM_BETA2), eps=ADAM_EPS)
+            for _ in range(steps):
+                opt.zero_grad()
+                self.loss_fn(net(x), y).backward()
+                opt.step()
+            return net
         lrs = torch.split(self.inner_lrs, [p.numel() for p in params]) if self.inner_lrs.ndim else None
-        for _ in range(self.inner_steps if steps is None else steps):
+        for _ in range(steps):
             grads = torch.autograd.grad(self.loss_fn(net(x), y), params)
             with torch.no_grad():
                 for i, (p, g) in enumerate(zip(params, grads)):

@@ -45,6 +45,7 @@ def build_learner_for(config: Config, family: TaskFamily) -> MetaLearner:
         return build_learner(
             a.name, model, LOSSES[family.loss], a.inner_lr, a.inner_steps, vectorize,
             transductive=m.transductive, classify=family.loss == "cross_entropy", first_order=a.first_order, track_pre=a.track_pre,
+            inner_optimizer=a.inner_optimizer, inner_batch=a.inner_batch,
         )  # fmt: skip
     from algorithms import build_episodic
 

@@ -61,6 +61,10 @@ class AlgorithmConfig(Section):
     inner_lr: float = Field(0.01, gt=0, le=10)
     inner_steps: int = Field(1, ge=1, le=1000)
     first_order: bool = Field(False, description="ANIL: drop second-order terms")
+    inner_optimizer: Literal["sgd", "adam"] = Field("sgd", description="Reptile: Adam with beta1=0 in the inner loop (Nichol et al.)")
+    inner_batch: int | None = Field(
+        None, ge=1, description="Reptile: inner mini-batches cycling over support + queries (default: the support set, full batch)"
+    )
     fce: bool = Field(False, description="Matching Networks: full context embeddings")
     track_pre: bool = Field(
         True, description="MAML family: also log the query loss/accuracy before adaptation (one more forward per task)"
@@ -150,6 +154,8 @@ class Config(Section):
     def _consistent(self) -> Config:
         """Combinations no section can check alone, rejected before anything starts."""
         t, a, e = self.task, self.algorithm.name, self.eval
+        if a != "reptile" and (self.algorithm.inner_optimizer != "sgd" or self.algorithm.inner_batch is not None):
+            raise ValueError(f"algorithm.inner_optimizer and algorithm.inner_batch apply to reptile, not algorithm.name={a!r}")
         if t.name == "sinusoid":
             if a not in ("maml", "fomaml", "metasgd", "reptile"):
                 raise ValueError(f"algorithm.name={a!r} needs a classification task; sinusoid supports maml, fomaml, metasgd, reptile")
