@@ -17,6 +17,8 @@ from algorithms.params import ParamLayout
 
 
 class ANIL(MAML):
+    adapted = "head"
+
     def adapt(self, meta_params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
         weights, lrs = self.weights(meta_params), self.inner_lrs(meta_params)
         head = self.model.slice("head")

@@ -20,6 +20,7 @@ from algorithms.models import FunctionalModel
 
 class MAML:
     inner_optimizer = "sgd"  # Reptile may use Adam
+    adapted: str | None = None  # the submodule the inner loop changes (ANIL: "head"); None: all
 
     def __init__(
         self,
@@ -117,4 +118,4 @@ class MAML:
         """The meta-initialisation as an ``nn.Module`` that can ``adapt`` itself (logged to MLflow)."""
         lrs = self.inner_lrs(meta_params)
         lrs = lrs if isinstance(lrs, float) else lrs.detach().clone()
-        return MetaModel(self.model.to_module(self.weights(meta_params)), lrs, self.inner_steps, self.loss_fn, self.inner_optimizer)
+        return MetaModel(self.model.to_module(self.weights(meta_params)), lrs, self.inner_steps, self.loss_fn, self.inner_optimizer, self.adapted)

@@ -26,6 +26,7 @@ class MetaModel(nn.Module):
         inner_steps: int,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.mse_loss,
         inner_optimizer: str = "sgd",
+        adapted: str | None = None,
     ):
         super().__init__()
         self.net = net
@@ -34,6 +35,7 @@ class MetaModel(nn.Module):
         self.inner_steps = inner_steps
         self.loss_fn = loss_fn  # the learner's own (a torch.nn.functional function: pickles by name)
         self.inner_optimizer = inner_optimizer
+        self.adapted = adapted  # ANIL: only the parameters under this submodule ("head") adapt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -41,7 +43,7 @@ class MetaModel(nn.Module):
     def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None) -> nn.Module:
         """A copy of the network after ``steps`` inner steps on (x, y)."""
         net = copy.deepcopy(self.net)
-        params = list(net.parameters())
+        params = [p for n, p in net.named_parameters() if self.adapted is None or n.startswith(self.adapted + ".")]
         steps = self.inner_steps if steps is None else steps
         if self.inner_optimizer == "adam":  # Reptile: Adam with beta1 = 0, fresh state
             opt = torch.optim.Adam(params, lr=float(self.inner_lrs), betas=(0.0, ADAM_BETA2), eps=ADAM_EPS)

@@ -94,6 +94,17 @@ def test_anil_inner_loop_leaves_the_body_alone() -> None:
     assert not torch.allclose(adapted[head], p[head])
 
 
+def test_exported_anil_adapts_only_its_head() -> None:
+    """The model logged to MLflow fine-tunes exactly as ANIL's inner loop did: head only."""
+    lrn, p = learner("anil")
+    sx, sy, qx = (episode()[k][0] for k in ("support_x", "support_y", "query_x"))
+    exported = lrn.export(p)
+    adapted = exported.adapt(sx, sy, 3)
+    torch.testing.assert_close(adapted(qx), lrn.query_logits(p, sx, sy, qx, 3))
+    for (name, before), after in zip(exported.net.named_parameters(), adapted.parameters()):
+        assert torch.equal(before, after) != name.startswith("head."), name
+
+
 def test_classifying_learners_report_accuracy() -> None:
     for name in ("maml", "fomaml", "reptile", "anil", "metasgd"):
         lrn, p = learner(name)
