@@ -104,7 +104,7 @@ def orchestrated(config: Config) -> tuple[list[float], float]:
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/bench.db"
         config = config.model_copy(update={"checkpoint": config.checkpoint.model_copy(update={"dir": f"{tmp}/ckpt"})})
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
         try:
             result = train(config, tracking_uri=uri, progress=False)
         finally:

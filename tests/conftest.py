@@ -17,8 +17,9 @@ from orchestrator.config import Config, from_dict  # noqa: E402
 def ray_session():
     import ray
 
-    # One logical GPU so placement can be checked on CPU-only machines.
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+    # One logical GPU so placement can be checked on CPU-only machines. address="local": a
+    # private instance even when a `ray start` cluster runs on this machine (ray.init() would join it).
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
