@@ -1,4 +1,4 @@
-"""``metaorch``: train, eval and config show. Bad input exits with code 2 and one line."""
+"""``metaorch``: train, eval, submit, jobs and config show. Bad input exits with code 2 and one line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import sys
 
 from orchestrator.errors import UserError
+from orchestrator.preflight import redact
 
 
 def _steps(text: str) -> list[int]:
@@ -37,8 +38,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config file")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. outer.lr=0.001")
     t.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
-    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's, sqlite:///mlflow.db)")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the config's, sqlite:///mlflow.db)")
     t.add_argument("--resume", metavar="RUN_ID_OR_CHECKPOINT", help="continue a run from its last checkpoint")
+    t.add_argument("--run-id", help="log into this existing, empty MLflow run (metaorch submit creates it)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="meta-test a run or checkpoint on fresh tasks")
@@ -49,6 +51,32 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint-dir", default="checkpoints", help="local checkpoint root (default: checkpoints)")
     e.add_argument("--suite", default="meta-test", help="meta-test (fresh tasks, default) or omniglot-runs")
     e.add_argument("--runs", metavar="DIR_OR_ZIP", help="omniglot-runs: folder or zip of runNN/ folders in the original format")
+
+    s = sub.add_parser("submit", help="run train as a Ray job on a cluster (uploads this directory)")
+    s.add_argument("config", help="YAML config file inside the working directory")
+    s.add_argument("--address", help="Ray job API, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--runtime-env", metavar="FILE", help="Ray runtime env (YAML), e.g. cluster/runtime_env.yaml")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI the job logs to (default: MLFLOW_TRACKING_URI, else the config's)")
+    s.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its newest checkpoint in the tracking store")
+    s.add_argument("--no-wait", action="store_true", help="print the ids and return instead of following the logs")
+    s.add_argument("--entrypoint-num-gpus", type=float, help="GPUs for the driver, e.g. 1 (with learner nodes)")
+    s.add_argument("--entrypoint-resources", metavar="JSON", help='custom resources for the driver, e.g. \'{"learner": 1}\'')
+
+    j = sub.add_parser("jobs", help="list, inspect, follow and stop submitted jobs")
+    jsub = j.add_subparsers(dest="jobs_command", required=True)
+    for name, text in (
+        ("list", "jobs on the cluster"),
+        ("status", "a job's status and MLflow run"),
+        ("logs", "a job's logs"),
+        ("stop", "stop a job (its driver saves a checkpoint)"),
+    ):
+        cmd = jsub.add_parser(name, help=text)
+        if name != "list":
+            cmd.add_argument("submission_id")
+        cmd.add_argument("--address", help="Ray job API, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+        if name == "logs":
+            cmd.add_argument("--follow", action="store_true", help="keep printing until the job ends")
 
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -65,18 +93,23 @@ def run(argv: list[str]) -> int:
     if args.command == "config":
         print(load_config(args.config, args.overrides).to_yaml(), end="")
         return 0
+    if args.command in ("submit", "jobs"):
+        return _jobs(args)
 
     from orchestrator.tracking import ui_command
     from orchestrator.trainer import evaluate, print_estimates, train
 
     if args.command == "train":
         config = load_config(args.config, args.overrides)
-        result = train(config, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri, progress=not args.quiet)
+        result = train(
+            config, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
+            progress=not args.quiet, run_id=args.run_id,
+        )  # fmt: skip
         print(f"run {result.run_id}: {result.iterations} iterations in {result.train_seconds:.1f}s, {result.restarts} worker restart(s)")
         print(f"checkpoint: {result.checkpoint}")
         if result.test:
             print_estimates(result.test)
-        print(f"MLflow UI: {ui_command(result.tracking_uri)}")
+        print(f"MLflow UI: {redact(ui_command(result.tracking_uri))}")
         return 0
 
     result = evaluate(
@@ -91,12 +124,41 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    if args.command == "submit":
+        return jobs.submit(
+            args.config, address=args.address, overrides=args.overrides, runtime_env_file=args.runtime_env,
+            tracking=args.tracking_uri, resume=args.resume, wait=not args.no_wait,
+            num_gpus=args.entrypoint_num_gpus, resources=args.entrypoint_resources,
+        )  # fmt: skip
+    if args.jobs_command == "list":
+        return jobs.list_jobs(args.address)
+    if args.jobs_command == "status":
+        return jobs.status(args.submission_id, args.address)
+    if args.jobs_command == "logs":
+        return jobs.logs(args.submission_id, args.address, args.follow)
+    return jobs.stop(args.submission_id, args.address)
+
+
+class _Redact(logging.Filter):
+    """No password of a URI reaches a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _Redact) for f in handler.filters):
+            handler.addFilter(_Redact())
     try:
         code = run(sys.argv[1:] if argv is None else argv)
     except UserError as exc:
-        print(f"metaorch: error: {exc}", file=sys.stderr)
+        print(f"metaorch: error: {redact(str(exc))}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130

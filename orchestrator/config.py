@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from orchestrator.errors import UserError
+from orchestrator.preflight import redact
 
 
 DRAWINGS = 20  # Omniglot: drawings per character
@@ -83,7 +84,17 @@ class OuterConfig(Section):
 
 
 class WorkersConfig(Section):
-    num_workers: int = Field(2, ge=1, le=10_000)
+    num_workers: int | Literal["auto"] = Field(
+        2, description="actor count, or auto: as many as the cluster holds (up to max_workers), growing as nodes join"
+    )
+    max_workers: int | None = Field(None, ge=1, le=10_000, description="num_workers=auto: at most this many")
+    grow_every_s: float = Field(10.0, gt=0, description="num_workers=auto: how often to look for new nodes")
+    placement: Literal["spread", "pack"] = Field(
+        "spread", description="the workers' placement group: spread across nodes (default) or pack onto few"
+    )
+    shard_timeout_s: float | None = Field(
+        None, gt=0, description="a shard running longer is run again on another worker and its worker replaced (default: wait)"
+    )
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     threads: int = Field(1, ge=1, le=256, description="torch threads inside each worker")
@@ -92,6 +103,14 @@ class WorkersConfig(Section):
     transport: Literal["calls", "compiled"] = Field(
         "calls", description="actor calls + one ray.put, or a Ray Compiled Graph (lower latency, alpha API)"
     )
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        """One message for both forms instead of one per branch of the union."""
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10_000):
+            return value
+        raise ValueError("must be an integer from 1 to 10000, or auto")
 
 
 class EvalConfig(Section):
@@ -130,10 +149,29 @@ class TrackingConfig(Section):
     experiment: str = Field("metaorch", min_length=1)
     run_name: str | None = None
     log_every: int = Field(1, ge=1)
+    buffer_max: int = Field(
+        10_000, ge=1, description="metric steps held in memory while the server is unreachable; more go to disk until it is back"
+    )
+
+    @field_serializer("uri")
+    def _without_password(self, uri: str) -> str:
+        """Every written form (MLflow params, config.yaml, checkpoints, ``config show``) hides a password."""
+        return redact(uri)
+
+
+class LearnerConfig(Section):
+    placement: Literal["auto", "driver", "actor"] = Field(
+        "auto",
+        description="where the outer step runs: auto = in the driver, unless the driver's node has no GPU and "
+        "another node has one (then an actor there); driver; actor (asks for learner.num_gpus)",
+    )
+    num_gpus: float = Field(1.0, ge=0, description="GPUs the learner actor asks for")
 
 
 class RayConfig(Section):
-    address: str | None = None
+    address: str | None = Field(
+        None, description="Ray cluster to join: HOST:PORT, ray://..., or auto (a `ray start` cluster on this machine); default: a private local instance"
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance (default: all)")
 
 
@@ -145,6 +183,7 @@ class Config(Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     outer: OuterConfig = Field(default_factory=OuterConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

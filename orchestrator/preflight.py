@@ -6,6 +6,7 @@ before Ray starts or an MLflow run is created, instead of after minutes of retri
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -16,6 +17,17 @@ from orchestrator.errors import UserError
 
 TIMEOUT_S = 3.0
 _DB_SCHEMES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+# scheme://user:PASSWORD@host: a URL-encoded password holds no '/', '@' or whitespace.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@/\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it replaced by ``***``.
+
+    Tracking URIs end up in MLflow params, ``config.yaml``, checkpoints, error and log lines;
+    a database URI's password must reach none of them.
+    """
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def _tcp_reachable(host: str, port: int) -> bool:

@@ -5,10 +5,18 @@ after the tracking URI was checked; from then on metrics, artifacts and the mode
 a queue that one thread drains in order, batching metrics into ``log_batch`` calls and
 retrying with backoff while the server is unreachable. The client's own retries are set
 low so a dead server costs seconds per attempt, not minutes.
+
+While the server is down the sink keeps taking items off the queue into its own ordered
+buffer; past ``buffer_max`` metric steps in memory it writes runs of them to JSON-lines
+files (``spill_dir``) and reads them back, in order, once the server answers again. A
+retried ``log_batch`` is harmless: a metric keeps the timestamp of its ``log_metrics``
+call, and the store ignores a (key, step, timestamp, value) it already has. What is still
+undelivered when ``close`` gives up is left in ``spill_dir/undelivered.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -16,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,13 +80,29 @@ def ui_command(uri: str) -> str:
 class Tracker:
     """One MLflow run. Every ``log_*`` call returns at once."""
 
-    def __init__(self, uri: str, run_id: str, experiment_id: str, interval_s: float = 1.0):
+    def __init__(
+        self,
+        uri: str,
+        run_id: str,
+        experiment_id: str,
+        interval_s: float = 1.0,
+        buffer_max: int = 10_000,
+        spill_dir: str | Path | None = None,
+    ):
         self.uri = uri
         self.interval_s = interval_s
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.client = client(uri)
+        self.buffer_max = buffer_max
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self.spilled = 0  # metric steps that went through disk
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        # The sink's own ordered buffer: ("metrics", record), ("call", fn), ("spilled", (path, n)), None (end).
+        self._pending: deque[tuple[str, Any] | None] = deque()
+        self._held = 0  # metric records in _pending, in memory
+        self._spill_files = 0
+        self._abandoned = False
         self._wake = threading.Event()  # set by close(): cuts a retry backoff short
         self._closing = False
         self._deadline = float("inf")
@@ -94,13 +119,20 @@ class Tracker:
         run_id: str | None = None,
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
+        buffer_max: int = 10_000,
+        spill_root: str | Path | None = None,
     ) -> Tracker:
-        """Create a run, or reopen ``run_id`` (resume)."""
+        """Create a run, or reopen ``run_id`` (resume). Spills go to ``spill_root/<run id>/tracking-spill``."""
         c = client(uri)
+
+        def make(rid: str, experiment_id: str) -> Tracker:
+            spill = Path(spill_root) / rid / "tracking-spill" if spill_root is not None else None
+            return cls(uri, rid, experiment_id, buffer_max=buffer_max, spill_dir=spill)
+
         if run_id is not None:
             run = c.get_run(run_id)
             c.update_run(run_id, status="RUNNING")
-            return cls(uri, run_id, run.info.experiment_id)
+            return make(run_id, run.info.experiment_id)
         all_tags = dict(tags or {})
         if parent_run_id:  # a nested run lives in its parent's experiment
             all_tags[_PARENT_TAG] = parent_run_id
@@ -109,7 +141,7 @@ class Tracker:
             exp = c.get_experiment_by_name(experiment)
             experiment_id = exp.experiment_id if exp is not None else c.create_experiment(experiment)
         run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
-        return cls(uri, run.info.run_id, experiment_id)
+        return make(run.info.run_id, experiment_id)
 
     # -- non-blocking logging ------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -168,73 +200,163 @@ class Tracker:
 
     # -- the sink thread -----------------------------------------------------------------
     def _send_metrics(self, batch: list[tuple[dict[str, float], int, int]]) -> None:
-        """One ``log_batch`` per 1000 metrics, each retried alone so none is sent twice."""
+        """One ``log_batch`` per 1000 metrics, each retried alone until it is in."""
         from mlflow.entities import Metric
 
+        if self._abandoned:
+            self._abandon(batch)
+            return
         metrics = [Metric(k, float(v), ts, step) for values, step, ts in batch for k, v in values.items()]
         for i in range(0, len(metrics), _MAX_BATCH):
             part = metrics[i : i + _MAX_BATCH]
-            self._with_retry(lambda p=part: self.client.log_batch(self.run_id, metrics=p), "log_batch")
+            if not self._with_retry(lambda p=part: self.client.log_batch(self.run_id, metrics=p), "log_batch"):
+                self._abandon([({m.key: m.value}, m.step, m.timestamp) for m in metrics[i:]])
+                return
 
-    def _with_retry(self, action: Callable[[], None], what: str) -> None:
+    def _with_retry(self, action: Callable[[], None], what: str) -> bool:
+        """False only when the server was still unreachable at the close deadline (nothing more will go)."""
+        if self._abandoned:
+            return False
         delay = 0.5
         while True:
             try:
                 action()
-                return
+                return True
             except Exception as exc:
                 if not _transient(exc):
                     log.error("MLflow: %s failed and was dropped: %s", what, exc)
-                    return
+                    return True  # rejected, not retried; what follows still goes
                 if self._closing and time.monotonic() > self._deadline:
                     log.error("MLflow: giving up on %s at close: %s", what, exc)
-                    return
+                    self._abandoned = True
+                    return False
                 log.warning("MLflow: %s failed (%s); retrying in %.1fs", what, exc.__class__.__name__, delay)
                 self._backoff(delay)
                 delay = min(delay * 2, 10.0)
 
     def _backoff(self, delay: float) -> None:
-        """Sleep ``delay`` seconds, but never past the close deadline (close() wakes the sink)."""
+        """Wait ``delay`` seconds taking new items into the buffer, but never past the close deadline."""
         end = time.monotonic() + delay
-        self._wake.wait(delay)
-        if self._closing:
-            time.sleep(max(0.0, min(end, self._deadline) - time.monotonic()))
+        while not self._closing:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                self._append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                return
+            self._take_queued()
+        time.sleep(max(0.0, min(end, self._deadline) - time.monotonic()))
 
-    def _collect(self) -> list[tuple[str, Any] | None]:
-        """The next item, plus metrics arriving within ``interval_s`` (one ``log_batch`` for all)."""
-        items = [self._queue.get()]
+    # -- the sink's buffer ---------------------------------------------------------------
+    def _append(self, item: tuple[str, Any] | None) -> None:
+        self._pending.append(item)
+        if item is not None and item[0] == "metrics":
+            self._held += 1
+            if self._held > self.buffer_max:
+                self._spill()
+
+    def _take_queued(self) -> None:
+        while True:
+            try:
+                self._append(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _pull(self) -> None:
+        """Wait for the next item, plus metrics arriving within ``interval_s`` (one ``log_batch`` for all)."""
+        self._append(self._queue.get())
         until = time.monotonic() + self.interval_s
-        while items[-1] is not None and items[-1][0] == "metrics" and not self._closing:
+        while self._pending[-1] is not None and self._pending[-1][0] == "metrics" and not self._closing:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                items.append(self._queue.get(timeout=remaining))
+                self._append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
-        while True:  # and whatever else is already queued
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items
+        self._take_queued()
+
+    def _spill(self) -> None:
+        """Every run of in-memory metric records becomes one file; calls keep their places."""
+        out: deque[tuple[str, Any] | None] = deque()
+        run: list[tuple[dict[str, float], int, int]] = []
+        for item in self._pending:
+            if item is not None and item[0] == "metrics":
+                run.append(item[1])
+                continue
+            if run:
+                out.append(("spilled", self._write(run)))
+                run = []
+            out.append(item)
+        if run:
+            out.append(("spilled", self._write(run)))
+        self._pending, self._held = out, 0
+
+    def _write(self, records: list[tuple[dict[str, float], int, int]], name: str | None = None) -> tuple[Path, int]:
+        if self.spill_dir is None:
+            self.spill_dir = Path(tempfile.mkdtemp(prefix=f"metaorch-spill-{self.run_id[:8]}-"))
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        if name is None:
+            self._spill_files += 1
+            name = f"{self._spill_files:08d}.jsonl"
+            self.spilled += len(records)
+            log.warning("MLflow unreachable: %d metric steps written to %s until it is back", len(records), self.spill_dir)
+        path = self.spill_dir / name
+        with open(path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        return path, len(records)
+
+    def _next_metrics(self) -> list[tuple[dict[str, float], int, int]]:
+        """Metric records from the front of the buffer, in order, up to ``buffer_max`` plus one file."""
+        records: list[tuple[dict[str, float], int, int]] = []
+        while self._pending and len(records) < self.buffer_max:
+            item = self._pending[0]
+            if item is None or item[0] not in ("metrics", "spilled"):
+                break
+            self._pending.popleft()
+            if item[0] == "metrics":
+                self._held -= 1
+                records.append(item[1])
+            else:
+                path, _ = item[1]
+                with open(path) as f:
+                    records.extend((values, step, ts) for values, step, ts in map(json.loads, f))
+                path.unlink()
+        return records
+
+    def _abandon(self, records: list[tuple[dict[str, float], int, int]]) -> None:
+        """At close with the server still down: keep what never arrived (and all after it) on disk, say where."""
+        records = list(records)
+        while self._pending:
+            item = self._pending.popleft()
+            if item is None:
+                self._pending.append(None)
+                break
+            if item[0] == "metrics":
+                records.append(item[1])
+            elif item[0] == "spilled":
+                path, _ = item[1]
+                with open(path) as f:
+                    records.extend(tuple(r) for r in map(json.loads, f))
+                path.unlink()
+        if records:
+            path, n = self._write(records, "undelivered.jsonl")
+            log.error("MLflow: %d metric records never reached %s; they are in %s", n, self.uri, path)
 
     def _drain(self) -> None:
-        done = False
-        while not done:
-            metrics: list[tuple[dict[str, float], int, int]] = []
-            for it in self._collect():
-                if it is not None and it[0] == "metrics":
-                    metrics.append(it[1])
-                    continue
-                if metrics:
-                    self._send_metrics(metrics)
-                    metrics = []
-                if it is None:
-                    done = True
-                else:
-                    self._with_retry(it[1], "call")
-            if metrics:
-                self._send_metrics(metrics)
+        while True:
+            if not self._pending:
+                self._pull()
+            item = self._pending[0]
+            if item is None:
+                return
+            if item[0] == "call":
+                self._pending.popleft()
+                self._with_retry(item[1], "call")
+            else:
+                self._send_metrics(self._next_metrics())
+            self._take_queued()
 
     def flush(self, timeout: float = 120.0) -> None:
         """Wait until everything queued so far has been sent (or ``timeout`` passes)."""

@@ -32,16 +32,17 @@ from orchestrator.config import ANY_WAYS, Config, from_dict
 from orchestrator.console import Progress
 from orchestrator.errors import UserError
 from orchestrator.evaluation import Estimates, accuracies, classification_test, estimate, meta_test
-from orchestrator.learner import Learner
+from orchestrator.learner import Learner, RemoteLearner
 from orchestrator.plots import regression_predictions
 from orchestrator.preflight import check_ray_address, check_tracking_uri, resolve_tracking_uri, sqlite_path
-from orchestrator.session import check_capacity, ray_session
+from orchestrator.session import check_capacity, learner_in_actor, ray_session, target_workers
 from orchestrator.tracking import Tracker, client
 from tasks.base import TaskFamily, descriptors
 from workers.pool import Resources, WorkerPool
 
 log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_CKPT_FILE = re.compile(r"^ckpt_\d+\.pt$")
 
 
 @dataclass
@@ -75,22 +76,82 @@ def resolve_checkpoint(source: str, tracking_uri: str, checkpoint_dir: str) -> c
     if not _RUN_ID.match(source):
         raise UserError(f"{source}: no such checkpoint file or directory, and not an MLflow run id")
     local = Path(checkpoint_dir) / source / ckpt_io.LATEST
-    if local.is_file():
-        return ckpt_io.load(local)
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():
+        if local.is_file():
+            return ckpt_io.load(local)
         raise UserError(f"run {source} not found: tracking store {tracking_uri} does not exist")  # and do not create it
     c = client(tracking_uri)
     try:
         c.get_run(source)
     except Exception:
+        if local.is_file():
+            return ckpt_io.load(local)
         raise UserError(f"run {source} not found in tracking store {tracking_uri}") from None
+    uploaded = _newest_uploaded_checkpoint(c, source, Path(checkpoint_dir) / source)
+    if uploaded is not None:
+        return uploaded
+    if local.is_file():
+        return ckpt_io.load(local)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             got = c.download_artifacts(source, f"checkpoints/{ckpt_io.LATEST}", tmp)
         except Exception:
             raise UserError(f"run {source} has no checkpoint (checkpoints/{ckpt_io.LATEST}) in {tracking_uri}") from None
         return ckpt_io.load(got)
+
+
+def _newest_uploaded_checkpoint(c, run_id: str, local_dir: Path) -> ckpt_io.Checkpoint | None:
+    """The run's newest checkpoint in the tracking store (its local copy when there is one).
+
+    The sink uploads a checkpoint after every metric logged before it, so all steps up to it
+    are in MLflow. A newer local file may be ahead of what reached MLflow before the driver
+    was killed; resuming from it would lose the steps in between.
+    """
+    try:
+        names = [a.path.rpartition("/")[2] for a in c.list_artifacts(run_id, "checkpoints")]
+    except Exception:
+        return None
+    saved = sorted(n for n in names if _CKPT_FILE.match(n))
+    if not saved:
+        return None
+    if (local_dir / saved[-1]).is_file():
+        return ckpt_io.load(local_dir / saved[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return ckpt_io.load(c.download_artifacts(run_id, f"checkpoints/{saved[-1]}", tmp))
+        except UserError:
+            raise
+        except Exception:
+            return None
+
+
+def _check_empty_run(uri: str, run_id: str, resume: str | None) -> None:
+    if resume:
+        raise UserError(f"--run-id {run_id} and --resume {resume}: give one (--resume continues its own run)")
+    if not _RUN_ID.match(run_id):
+        raise UserError(f"--run-id {run_id!r}: not an MLflow run id (32 hexadecimal digits)")
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise UserError(f"--run-id {run_id}: tracking store {uri} does not exist")  # and do not create it
+    try:
+        run = client(uri).get_run(run_id)
+    except Exception:
+        raise UserError(f"--run-id {run_id}: no such run in tracking store {uri}") from None
+    if run.data.metrics:
+        raise UserError(f"--run-id {run_id}: the run already has metrics; continue it with --resume {run_id}")
+
+
+def _logged_after(tracker: Tracker, step: int) -> set[tuple[str, int]]:
+    """(metric, step) pairs already in the run from ``step`` on: what a killed driver logged after its
+    last checkpoint. The resumed run recomputes those steps and must not log them a second time."""
+    c = tracker.client
+    try:
+        keys = list(c.get_run(tracker.run_id).data.metrics)
+        return {(k, m.step) for k in keys for m in c.get_metric_history(tracker.run_id, k) if m.step >= step}
+    except Exception as exc:  # tracking unreachable: log everything rather than stop training
+        log.warning("could not read the metric history of run %s (%s); steps after %d may be logged twice", tracker.run_id, exc, step)
+        return set()
 
 
 def _log_meta_test(tracker: Tracker, estimates: Estimates, tasks: int) -> None:
@@ -135,12 +196,19 @@ def train(
     address: str | None = None,
     tracking_uri: str | None = None,
     progress: bool = True,
+    run_id: str | None = None,
 ) -> RunResult:
-    """Meta-train as ``config`` says; returns the run with its final meta-parameters."""
-    uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
+    """Meta-train as ``config`` says; returns the run with its final meta-parameters.
+
+    ``run_id``: log into this existing, still empty run (``metaorch submit`` creates the run
+    so that it can print its URL before the job starts).
+    """
+    uri = resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.uri)
     address = address or os.environ.get("RAY_ADDRESS") or config.ray.address
     check_tracking_uri(uri)
     check_ray_address(address)
+    if run_id is not None:
+        _check_empty_run(uri, run_id, resume)
     start = resolve_checkpoint(resume, uri, config.checkpoint.dir) if resume else None
     prepare_data(config)
 
@@ -158,32 +226,38 @@ def train(
                 f"outer.iterations={config.outer.iterations}"
             )
         meta_params = start.meta_params
-    learner = Learner(meta_params, config.outer)
-    if start is not None:
-        learner.load_state_dict(start.optimizer)
-        torch.set_rng_state(start.torch_rng)
 
     with ray_session(address, config.ray.num_cpus):
-        check_capacity(config.workers)
         w = config.workers
+        remote = learner_in_actor(config.learner, w)
+        size = check_capacity(w, reserved_gpus=config.learner.num_gpus if remote else 0.0)
+        learner = RemoteLearner(meta_params, config.outer, config.learner.num_gpus) if remote else Learner(meta_params, config.outer)
+        if start is not None:
+            learner.load_state_dict(start.optimizer)
+            torch.set_rng_state(start.torch_rng)
         pool = WorkerPool(
             partial(build_components, config),
-            w.num_workers,
+            size,
             Resources(num_cpus=w.num_cpus, num_gpus=w.num_gpus, threads=w.threads),
             max_restarts=w.max_restarts,
             transport=w.transport,
+            placement=w.placement,
+            shard_timeout_s=w.shard_timeout_s,
         )
         try:
             tracker = Tracker.start(
                 uri,
                 config.tracking.experiment,
                 run_name=config.tracking.run_name,
-                run_id=start.run_id if start else None,
+                run_id=start.run_id if start else run_id,
+                buffer_max=config.tracking.buffer_max,
+                spill_root=config.checkpoint.dir,
             )
             with _sigterm_as_exit():
                 return _loop(config, family, learner_fn, learner, pool, tracker, start.iteration if start else 0, progress)
         finally:
             pool.shutdown()
+            learner.close()
 
 
 @contextmanager
@@ -207,7 +281,7 @@ def _loop(
     config: Config,
     family: TaskFamily,
     local_learner: MetaLearner,
-    learner: Learner,
+    learner: Learner | RemoteLearner,
     pool: WorkerPool,
     tracker: Tracker,
     first: int,
@@ -220,21 +294,29 @@ def _loop(
         tracker.log_params(config.flat())
     else:
         tracker.set_tags({"metaorch.resumed_at_iteration": str(first)})
+    logged = _logged_after(tracker, first)
     tracker.log_text(config.to_yaml(), "config.yaml")
     val_tasks = descriptors(config.seed, "val", 0, e.val_tasks)
     bar = Progress(o.iterations, initial=first, enabled=progress)
 
     def save(done: int) -> Path:
-        state = ckpt_io.Checkpoint(done, learner.params, learner.state_dict(), torch.get_rng_state(), tracker.run_id, config.to_yaml())
+        state = ckpt_io.Checkpoint(done, learner.cpu_params(), learner.state_dict(), torch.get_rng_state(), tracker.run_id, config.to_yaml())
         path = ckpt_io.save(state, ckpt_dir)
         tracker.log_artifact(str(path), "checkpoints")
         tracker.log_artifact(str(ckpt_dir / ckpt_io.LATEST), "checkpoints")
         return path
 
-    done, last_saved, restarts_logged = first, first, pool.restarts
+    done, last_saved = first, first
+    w = config.workers
+    reserved_gpus = config.learner.num_gpus if isinstance(learner, RemoteLearner) else 0.0
+    next_grow = time.monotonic() + w.grow_every_s
+    workers_logged: dict[str, float] = {}
     started = time.perf_counter()
     try:
         for it in range(first, o.iterations):
+            if w.num_workers == "auto" and time.monotonic() >= next_grow:
+                pool.grow(target_workers(w, reserved_gpus))  # new nodes: more workers, without waiting for them
+                next_grow = time.monotonic() + w.grow_every_s
             t0 = time.perf_counter()
             items = chunk(descriptors(config.seed, "train", it, o.meta_batch), config.workers.chunk_size)
             reduced = reduce_in_order(pool.run(learner.snapshot(), items), len(items), o.meta_batch)
@@ -250,14 +332,15 @@ def _loop(
             } | {f"train/{k}": float(v.mean()) for k, v in reduced.metrics.items()}
             if not np.isfinite(metrics["train/loss_pre"]):
                 del metrics["train/loss_pre"]
-            if pool.restarts != restarts_logged:
-                restarts_logged = pool.restarts
-                metrics["workers/restarts"] = pool.restarts
+            workers_now = {"workers/restarts": pool.restarts, "workers/stragglers": pool.stragglers, "workers/active": len(pool.actors)}
+            changed = {k: v for k, v in workers_now.items() if workers_logged.get(k, 0 if k != "workers/active" else -1) != v}
+            metrics.update(changed)  # logged when they change: restarts, timed-out shards, working actors
             validating = done % e.val_every == 0 or done == o.iterations
             if validating:
-                metrics.update(_validate(config, local_learner, family, learner.params.detach(), val_tasks))
-            if done % config.tracking.log_every == 0 or validating:
-                tracker.log_metrics(metrics, step=done)
+                metrics.update(_validate(config, local_learner, family, learner.cpu_params(), val_tasks))
+            if done % config.tracking.log_every == 0 or validating or changed:
+                workers_logged.update(changed)
+                tracker.log_metrics({k: v for k, v in metrics.items() if (k, done) not in logged}, step=done)
             shown = {"post": metrics["train/loss_post"], "tasks/s": metrics["time/tasks_per_s"]}
             if "train/accuracy" in metrics:
                 shown["acc"] = metrics["train/accuracy"]
@@ -277,10 +360,11 @@ def _loop(
     bar.close()
     train_seconds = time.perf_counter() - started
     final = save(done)
-    tracker.log_metrics({"time/train_s": train_seconds}, step=done)
+    if ("time/train_s", done) not in logged:
+        tracker.log_metrics({"time/train_s": train_seconds}, step=done)
 
-    result = RunResult(tracker.run_id, tracker.uri, learner.params.detach().clone(), done, final, pool.restarts, train_seconds)
-    final_params = learner.params.detach()
+    final_params = learner.cpu_params()
+    result = RunResult(tracker.run_id, tracker.uri, final_params.clone(), done, final, pool.restarts, train_seconds)
     if e.at_end:
         result.test, result.test_run_id = _meta_test_run(config, final_params, tracker.uri, tracker.run_id, e.tasks, e.steps)
     if e.plot_tasks and family.loss == "mse":
@@ -320,7 +404,7 @@ def evaluate(
         raise UserError(f"--suite {suite!r}: expected one of {', '.join(SUITES)}")
     if suite == "omniglot-runs" and not runs:
         raise UserError("--suite omniglot-runs needs --runs DIR_OR_ZIP")
-    uri = resolve_tracking_uri(tracking_uri or Config().tracking.uri)
+    uri = resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or Config().tracking.uri)
     check_tracking_uri(uri)
     ckpt = resolve_checkpoint(source, uri, checkpoint_dir)
     config = from_dict(yaml.safe_load(ckpt.config_yaml), f"in checkpoint {source}")

@@ -1,0 +1,371 @@
+"""``metaorch submit`` and ``metaorch jobs``: metaorch as a Ray job, through Ray's job API.
+
+The submitter creates the MLflow run before it submits and gives its id to the job
+(``metaorch train --run-id``): it can print the run's URL at once, and never has to find
+the run afterwards. A resubmission with ``--resume RUN_ID`` continues that run from its
+newest checkpoint in the tracking store (the job's own files do not outlive it). Everything
+that can be checked here (address, config, runtime environment, tracking URI) is checked
+before anything is created or submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from orchestrator.config import Config, load_config
+from orchestrator.errors import UserError
+from orchestrator.preflight import TIMEOUT_S, check_tracking_uri, redact, resolve_tracking_uri, sqlite_path
+
+ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # the variable `ray job` reads too
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Never uploaded: environments, tracking stores, checkpoints (a resumed job downloads its
+# checkpoint from MLflow) and build litter. Merged with the runtime env's own excludes.
+EXCLUDES = [
+    ".git/", ".venv/", ".pytest_cache/", "**/__pycache__/", "*.egg-info/", "build/",
+    "mlflow.db", "mlruns/", "mlartifacts/", "checkpoints/",
+]  # fmt: skip
+ENV_VARS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PYTHONUNBUFFERED": "1",
+    # `jobs stop` sends SIGTERM and SIGKILL this many seconds later (Ray's default is 3): time
+    # for the driver to save a checkpoint and send its last metrics.
+    "RAY_JOB_STOP_WAIT_TIME_S": "60",
+}
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEY$", re.IGNORECASE)
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+# -- checks that need no network ---------------------------------------------------------
+def job_address(address: str | None) -> str:
+    """The job API URL: ``--address``, else RAY_API_SERVER_ADDRESS, else an http RAY_ADDRESS."""
+    if not address:
+        ray_address = os.environ.get("RAY_ADDRESS", "")
+        address = os.environ.get(ADDRESS_ENV) or (ray_address if ray_address.startswith(("http://", "https://")) else "")
+    if not address:
+        raise UserError(f"--address: give the Ray job API, e.g. --address http://127.0.0.1:8265 (or set {ADDRESS_ENV})")
+    parsed = urlparse(address)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(
+            f"--address {address!r}: expected the dashboard / job API URL, http://HOST:8265 "
+            "(the GCS address HOST:6379 is for metaorch train --address)"
+        )
+    try:
+        parsed.port
+    except ValueError:
+        raise UserError(f"--address {address!r}: the port is not a number from 0 to 65535") from None
+    return address.rstrip("/")
+
+
+def runtime_env(path: str | None) -> dict[str, Any]:
+    """The runtime env of ``--runtime-env FILE`` (YAML), plus the working dir, excludes and env vars."""
+    env: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"--runtime-env {path}: file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"--runtime-env {path}: not valid YAML ({getattr(exc, 'problem', None) or exc.__class__.__name__})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"--runtime-env {path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        env = dict(loaded or {})
+    where = f"--runtime-env {path}" if path else "runtime env"
+    env.setdefault("working_dir", ".")
+    if not isinstance(env["working_dir"], str):
+        raise UserError(f"{where}: working_dir: expected a path or URI, got {env['working_dir']!r}")
+    excludes = env.get("excludes") or []
+    if not isinstance(excludes, list) or not all(isinstance(e, str) for e in excludes):
+        raise UserError(f"{where}: excludes: expected a list of patterns, got {excludes!r}")
+    env["excludes"] = list(dict.fromkeys([*excludes, *EXCLUDES]))
+    env_vars = env.get("env_vars") or {}
+    if not isinstance(env_vars, dict):
+        raise UserError(f"{where}: env_vars: expected a mapping, got {type(env_vars).__name__}")
+    for key, value in env_vars.items():
+        if _SECRET_NAME.search(str(key)):
+            raise UserError(
+                f"{where}: env_vars.{key}: Ray stores runtime environments and shows them on the dashboard; "
+                "give secrets to the nodes (their environment, ~/.mlflow/credentials), not to the job"
+            )
+        if not isinstance(value, (str, int, float, bool)):
+            raise UserError(f"{where}: env_vars.{key}: expected a string, got {value!r}")
+    env["env_vars"] = ENV_VARS | {str(k): str(v) for k, v in env_vars.items()}
+    from ray.runtime_env import RuntimeEnv
+
+    try:
+        RuntimeEnv(**env)
+    except Exception as exc:  # Ray's own validation, here rather than after the upload
+        raise UserError(f"{where}: {exc}") from None
+    return env
+
+
+def _config_in(config_path: str, working_dir: str) -> str:
+    """The config's path inside the uploaded working dir: where the job finds it."""
+    if "://" in working_dir:  # a remote package: the path must already be relative to it
+        return Path(config_path).as_posix()
+    root = Path(working_dir).resolve()
+    try:
+        return Path(config_path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        raise UserError(f"config {config_path}: outside the working directory {root} that is uploaded with the job") from None
+
+
+def tracking_uri(given: str | None, config: Config) -> str:
+    """The URI the job logs to, as ``metaorch train`` would choose it, without a password in it."""
+    uri = resolve_tracking_uri(given or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.uri)
+    if redact(uri) != uri:
+        raise UserError(
+            f"tracking URI {redact(uri)}: holds a password, which Ray would store with the job and show on "
+            "the dashboard; use the server's http(s) URI and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        )
+    return uri
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    from orchestrator.tracking import ui_command
+
+    return f"run {run_id} in {uri} (open with: {ui_command(uri)})"
+
+
+# -- the job API ---------------------------------------------------------------------------
+@contextmanager
+def _without(*names: str) -> Iterator[None]:
+    """Ray's client prefers RAY_ADDRESS / RAY_API_SERVER_ADDRESS to the address it is given."""
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def connect(address: str):
+    """A JobSubmissionClient for ``address``, after a quick probe (Ray's client waits long on a dead one)."""
+    try:
+        with urllib.request.urlopen(f"{address}/api/version", timeout=TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answers (an auth error is for Ray's client to report)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise UserError(f"--address {address}: the job API is unreachable ({getattr(exc, 'reason', exc)})") from None
+    from ray.job_submission import JobSubmissionClient
+
+    # Ray's INFO lines on packaging and log streams, and its one-time notes on default excludes
+    logging.getLogger("ray.dashboard.modules").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.runtime_env").setLevel(logging.ERROR)
+    try:
+        with _without("RAY_ADDRESS", ADDRESS_ENV):
+            return JobSubmissionClient(address)
+    except Exception as exc:
+        raise UserError(f"--address {address}: {exc}") from None
+
+
+def _api(address: str, job: str, call):
+    """One job API call; an unknown job is the user's error, named with the address."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        if "404" in str(exc) or "does not exist" in str(exc):
+            raise UserError(f"job {job}: no such job at {address}") from None
+        raise
+
+
+def wait_terminal(jobs, submission_id: str, timeout_s: float = float("inf")) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = str(jobs.get_job_status(submission_id).value)
+        if status in TERMINAL or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
+def follow(jobs, submission_id: str) -> str:
+    """Print the job's logs as they come; its final status."""
+
+    async def tail() -> None:
+        async for chunk in jobs.tail_job_logs(submission_id):
+            sys.stdout.write(redact(chunk))
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError as exc:  # the log stream broke off; the job itself may be fine
+        print(f"[metaorch] log stream ended: {exc}", file=sys.stderr)
+    return wait_terminal(jobs, submission_id)
+
+
+# -- commands ------------------------------------------------------------------------------
+def submit(
+    config_path: str,
+    *,
+    address: str | None,
+    overrides: list[str],
+    runtime_env_file: str | None = None,
+    tracking: str | None = None,
+    resume: str | None = None,
+    wait: bool = True,
+    num_gpus: float | None = None,
+    resources: str | None = None,
+) -> int:
+    address = job_address(address)
+    config = load_config(config_path, overrides)
+    env = runtime_env(runtime_env_file)
+    relative = _config_in(config_path, env["working_dir"])
+    uri = tracking_uri(tracking, config)
+    entry_resources = _resources(resources)
+    if resume is not None and not _RUN_ID.match(resume):
+        raise UserError(f"--resume {resume!r}: expected an MLflow run id (a local checkpoint file is not uploaded with the job)")
+    jobs = connect(address)
+    check_tracking_uri(uri)
+    if sqlite_path(uri) is not None or "://" not in uri or uri.startswith("file:"):
+        print(f"note: the job logs to {uri}, a path: the job must run on this machine (use an http(s) tracking server otherwise)", file=sys.stderr)
+
+    from orchestrator.tracking import client
+
+    mlflow = client(uri)
+    submission_id = f"metaorch-{uuid.uuid4().hex[:12]}"
+    tags = {"metaorch.submission_id": submission_id, "metaorch.job_api": address}
+    if resume is not None:
+        run_id, experiment_id = resume, _resumable(mlflow, resume, uri)
+        for k, v in tags.items():
+            mlflow.set_tag(run_id, k, v)
+    else:
+        exp = mlflow.get_experiment_by_name(config.tracking.experiment)
+        experiment_id = exp.experiment_id if exp is not None else mlflow.create_experiment(config.tracking.experiment)
+        run_id = mlflow.create_run(experiment_id, run_name=config.tracking.run_name, tags=tags).info.run_id
+    url = run_url(uri, experiment_id, run_id)
+
+    command = ["metaorch", "train", relative, "--tracking-uri", uri, *(("--resume", run_id) if resume else ("--run-id", run_id))]
+    command += [a for o in overrides for a in ("--set", o)]
+    try:
+        jobs.submit_job(
+            entrypoint=shlex.join(command),
+            submission_id=submission_id,
+            runtime_env=env,
+            metadata={"metaorch_run_id": run_id, "mlflow_run": url},
+            entrypoint_num_gpus=num_gpus,
+            entrypoint_resources=entry_resources,
+        )
+    except Exception as exc:
+        if resume is None:
+            mlflow.delete_run(run_id)  # nothing half-made: the run was only for this job
+        raise UserError(f"submitting to {address} failed: {exc}") from None
+
+    print(f"submitted job {submission_id} to {address}")
+    print(f"  dashboard:  {address}/#/jobs/{submission_id}")
+    print(f"  MLflow run: {url}")
+    if not wait:
+        print(f"  follow: metaorch jobs logs {submission_id} --address {address} --follow")
+        return 0
+    try:
+        status = follow(jobs, submission_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on. Stop it with: metaorch jobs stop {submission_id} --address {address}")
+        return 130
+    return _report(jobs, mlflow, submission_id, run_id, status)
+
+
+def _resources(text: str | None) -> dict[str, float] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in value.values()):
+        raise UserError(f"--entrypoint-resources {text!r}: expected a JSON object of amounts, e.g. '{{\"learner\": 1}}'")
+    return value
+
+
+def _resumable(mlflow, run_id: str, uri: str) -> str:
+    """The run's experiment id, if the run exists and has a checkpoint in the store to continue from."""
+    try:
+        run = mlflow.get_run(run_id)
+    except Exception:
+        raise UserError(f"--resume {run_id}: no such run in tracking store {uri}") from None
+    if not any(a.path.endswith(".pt") for a in mlflow.list_artifacts(run_id, "checkpoints")):
+        raise UserError(f"--resume {run_id}: the run has no checkpoint in {uri} to continue from")
+    return run.info.experiment_id
+
+
+def _report(jobs, mlflow, submission_id: str, run_id: str, status: str) -> int:
+    """The job's outcome; a run its killed driver left RUNNING is marked as ended."""
+    if status == "SUCCEEDED":
+        print(f"job {submission_id} SUCCEEDED")
+        return 0
+    message = jobs.get_job_info(submission_id).message or ""
+    print(f"job {submission_id} {status}: {redact(message).strip()}")
+    try:
+        if mlflow.get_run(run_id).info.status == "RUNNING":
+            mlflow.set_terminated(run_id, status="KILLED" if status == "STOPPED" else "FAILED")
+    except Exception:
+        pass  # the tracking server went away too; the run stays as the job left it
+    return 1
+
+
+def list_jobs(address: str | None) -> int:
+    address = job_address(address)
+    jobs = connect(address)
+    for job in sorted(jobs.list_jobs(), key=lambda j: j.start_time or 0):
+        run = (job.metadata or {}).get("metaorch_run_id", "-")
+        print(f"{job.submission_id or job.job_id}  {job.status.value:<9}  run {run}  {redact(job.entrypoint)}")
+    return 0
+
+
+def status(submission_id: str, address: str | None) -> int:
+    address = job_address(address)
+    jobs = connect(address)
+    info = _api(address, submission_id, lambda: jobs.get_job_info(submission_id))
+    print(f"job {submission_id}: {info.status.value}")
+    if info.message:
+        print(f"  {redact(info.message).strip()}")
+    meta = info.metadata or {}
+    if "metaorch_run_id" in meta:
+        print(f"  MLflow run: {meta.get('mlflow_run', meta['metaorch_run_id'])}")
+    print(f"  entrypoint: {redact(info.entrypoint)}")
+    return 0
+
+
+def logs(submission_id: str, address: str | None, follow_logs: bool) -> int:
+    address = job_address(address)
+    jobs = connect(address)
+    if not follow_logs:
+        print(redact(_api(address, submission_id, lambda: jobs.get_job_logs(submission_id))), end="")
+        return 0
+    _api(address, submission_id, lambda: jobs.get_job_status(submission_id))
+    print(f"job {submission_id} {follow(jobs, submission_id)}")
+    return 0
+
+
+def stop(submission_id: str, address: str | None) -> int:
+    """SIGTERM to the driver (it saves a checkpoint), SIGKILL after RAY_JOB_STOP_WAIT_TIME_S."""
+    address = job_address(address)
+    jobs = connect(address)
+    if not _api(address, submission_id, lambda: jobs.stop_job(submission_id)):
+        print(f"job {submission_id} had already ended: {jobs.get_job_status(submission_id).value}")
+        return 0
+    final = wait_terminal(jobs, submission_id, timeout_s=float(ENV_VARS["RAY_JOB_STOP_WAIT_TIME_S"]) + 30)
+    print(f"job {submission_id} {final}")
+    run = (jobs.get_job_info(submission_id).metadata or {}).get("metaorch_run_id")
+    if run:
+        print(f"continue it with: metaorch submit CONFIG --address {address} --resume {run}")
+    return 0

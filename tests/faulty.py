@@ -1,0 +1,45 @@
+"""Test-only worker builds that misbehave on purpose: a straggler that sleeps on one task once.
+
+Workers are separate processes, so "once" is a marker file: the first worker to build the
+chosen task creates it and sleeps; every later build of that task (the re-dispatched shard)
+runs at full speed. The module is pickled by value (``ray.cloudpickle``), so the workers
+need not import ``tests/``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.components import build_components
+from orchestrator.config import Config
+from tasks.base import TaskDescriptor
+
+
+class SleepOnce:
+    """A task family that delegates to the real one, but sleeps ``seconds`` on one task, once."""
+
+    def __init__(self, family, marker: Path, iteration: int, index: int, seconds: float):
+        self._family, self._marker, self._target, self._seconds = family, marker, (iteration, index), seconds
+
+    def __getattr__(self, name: str):
+        return getattr(self._family, name)
+
+    def batch(self, tasks: Sequence[TaskDescriptor]):
+        if any((t.iteration, t.index) == self._target for t in tasks):
+            try:
+                fd = os.open(self._marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                time.sleep(self._seconds)
+        return self._family.batch(tasks)
+
+
+def sleepy_build(config: Config, marker: str, iteration: int, index: int, seconds: float):
+    family, learner = build_components(config)
+    return SleepOnce(family, Path(marker), iteration, index, seconds), learner

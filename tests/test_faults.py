@@ -1,0 +1,262 @@
+"""Faults during a run: stragglers, a worker node dying, a node joining, MLflow going away.
+
+Every check compares against an undisturbed run bitwise (``torch.equal``) and reads
+MLflow back through its client. The multi-node checks run on a real
+``ray.cluster_utils.Cluster`` in their own process (tests/cluster_scenarios.py); the
+straggler and outage checks use the session's local instance, a test-only worker build
+that sleeps on one task once (tests/faulty.py), and a real ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+import faulty
+from conftest import tiny_config
+from orchestrator.aggregation import chunk
+from orchestrator.components import build_components
+from orchestrator.tracking import Tracker
+from tasks.base import descriptors
+from test_placement import run_scenario
+from workers.pool import Resources, WorkerPool
+
+ray.cloudpickle.register_pickle_by_value(faulty)  # the workers need not import tests/
+
+
+# -- stragglers ----------------------------------------------------------------------------
+def _same(a, b) -> bool:
+    return [r.index for r in a] == [r.index for r in b] and all(
+        (x.direction == y.direction).all() and (x.post_loss == y.post_loss).all() for x, y in zip(a, b)
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
+TIMEOUT_S = 5.0
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_straggling_shard_runs_again_and_its_worker_is_replaced(ray_session, tmp_path, workers):
+    """Task 5 (chunk 1) sleeps 120 s once; with a 5 s timeout the iteration takes seconds.
+
+    Two workers: the other one runs the shard again when it is free. One worker: it is
+    replaced one more timeout later and its replacement runs the shard.
+    """
+    config = tiny_config(outer={"meta_batch": 12}, workers={"chunk_size": 3})
+    params = build_components(config)[1].init_meta_params(0).numpy()
+    items = chunk(descriptors(0, "train", 0, 12), 3)
+    plain = WorkerPool(functools.partial(build_components, config), 2, Resources(num_cpus=0.5))
+    try:
+        reference = plain.run(params, items)
+    finally:
+        plain.shutdown()
+
+    marker = tmp_path / "slept"
+    build = functools.partial(faulty.sleepy_build, config, str(marker), 0, 5, 120.0)
+    pool = WorkerPool(build, workers, Resources(num_cpus=0.5), shard_timeout_s=TIMEOUT_S)
+    try:
+        pool.run(params, chunk(descriptors(0, "train", 1, 12), 3))  # warm up: a first call is slow
+        assert pool.stragglers == 0 and pool.restarts == 0
+        t0 = time.monotonic()
+        results = pool.run(params, items)
+        elapsed = time.monotonic() - t0
+        assert marker.exists(), "no worker slept: the test did not test anything"
+        assert elapsed < 60, f"the iteration waited for the straggler ({elapsed:.1f}s)"
+        assert _same(reference, results)
+        assert pool.stragglers == 1 and pool.restarts == 1
+        straggler = int(marker.read_text())
+        deadline = time.monotonic() + 30
+        while _alive(straggler):
+            assert time.monotonic() < deadline, "the hung worker was not stopped"
+            time.sleep(0.2)
+        assert straggler not in {i["pid"] for i in pool.info()}  # waits until the replacement is up
+        again = pool.run(params, items)  # the replacement takes work like any worker
+        assert _same(reference, again)
+        assert len(pool.actors) == workers
+    finally:
+        pool.shutdown()
+
+
+# -- nodes leaving and joining -------------------------------------------------------------
+ITERATIONS = 1500  # long enough that the node changes land mid-run on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    return run_scenario("faults", tmp_path_factory.mktemp("faults"), str(ITERATIONS), timeout=500)
+
+
+def test_worker_node_removed_mid_run(faults):
+    removed = faults["removed"]
+    assert removed["fired"] and removed["killed_before_end"], f"the node died after the run ended: {faults}"
+    assert removed["iterations"] == ITERATIONS
+    assert removed["restarts"] >= 1
+    assert removed["same_params"], "a node death changed the result"
+    steps = removed["restarts_metric"]
+    assert steps and steps[-1][1] == removed["restarts"], "MLflow did not record the restarts"
+
+
+def test_node_added_mid_run_grows_an_elastic_pool(faults):
+    added = faults["added"]
+    assert added["fired"], f"the node joined after the run ended: {faults}"
+    active = [v for _, v in added["active_metric"]]
+    assert active[0] == 2 and max(active) == 3, f"the pool did not grow onto the new node: {active}"
+    assert added["restarts"] == 0
+    assert added["same_params"], "growing the pool changed the result"
+
+
+# -- a tracking outage ---------------------------------------------------------------------
+OUTAGE_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class MlflowServer:
+    """``mlflow server`` (own sqlite store) that can be stopped and started on the same port."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> None:
+        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts"]  # fmt: skip
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with open(self.root / "server.log", "ab") as log_file:
+            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.root, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(self.url):
+            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_training_goes_on_through_a_60s_tracking_outage(ray_session, workdir, mlflow_server, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.trainer import train
+
+    caplog.set_level(logging.WARNING, logger="orchestrator.tracking")
+
+    def config(iterations: int):
+        return tiny_config(
+            outer={"iterations": iterations}, eval={"at_end": False, "plot_tasks": 0, "val_every": 10**6},
+            checkpoint={"every": 500}, tracking={"buffer_max": 200},
+        )
+
+    # Size the run to outlast the outage at this machine's current speed.
+    probe = train(config(300), tracking_uri=mlflow_server.url, progress=False)
+    rate = 300 / probe.train_seconds
+    n = int(min(max(rate * (OUTAGE_S + 20), 500), 200_000))
+
+    outage: dict[str, float] = {}
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_run(probe.run_id).info.experiment_id
+
+    def stop_and_restart() -> None:
+        """Once the run has logged a few steps: stop the server, wait, start it on the same port."""
+        deadline = time.monotonic() + 300
+        while True:
+            assert time.monotonic() < deadline, "the run never started logging"
+            runs = [r.info.run_id for r in client.search_runs([experiment]) if r.info.run_id != probe.run_id]
+            if runs and len(client.get_metric_history(runs[0], "train/loss_post")) >= 10:
+                break
+            time.sleep(0.5)
+        outage["stop"] = time.time()
+        mlflow_server.stop()
+        time.sleep(OUTAGE_S)
+        mlflow_server.start()
+        outage["back"] = time.time()
+
+    controller = threading.Thread(target=stop_and_restart, daemon=True)
+    controller.start()
+    result = train(config(n), tracking_uri=mlflow_server.url, progress=False)
+    controller.join(timeout=180)
+    assert "back" in outage, "the server was not restarted"
+
+    c = MlflowClient(mlflow_server.url)
+    assert c.get_run(result.run_id).info.status == "FINISHED"
+    for key in ("train/loss_post", "train/loss_pre", "time/iteration_s", "outer/lr"):
+        steps = sorted(m.step for m in c.get_metric_history(result.run_id, key))
+        assert steps == list(range(1, n + 1)), f"{key}: {len(steps)} values for {n} steps"
+    times = c.get_metric_history(result.run_id, "time/iteration_s")
+    during = [m.value for m in times if outage["stop"] * 1000 <= m.timestamp <= outage["back"] * 1000]
+    # a blocked client would stall training for the outage (the client's default retries last minutes)
+    assert len(during) > 0.25 * rate * OUTAGE_S, f"only {len(during)} iterations ran while the server was down"
+    assert max(during) < 5.0, f"an iteration took {max(during):.2f}s during the outage"
+    assert any("written to" in r.getMessage() for r in caplog.records), "nothing was spilled to disk"
+    spill = Path(workdir / "checkpoints" / result.run_id / "tracking-spill")
+    assert spill.is_dir() and not list(spill.iterdir()), "spill files left behind after the replay"
+
+
+def test_dead_server_spills_past_the_buffer_bound(workdir, caplog):
+    """Against a server that never answers, memory holds at most ``buffer_max`` steps; the rest is on disk."""
+    caplog.set_level(logging.WARNING, logger="orchestrator.tracking")
+    tracker = Tracker(f"http://127.0.0.1:{_free_port()}", run_id="0" * 32, experiment_id="0",
+                      buffer_max=100, spill_dir=workdir / "spill")
+    for step in range(1_000):
+        tracker.log_metrics({"loss": float(step)}, step=step)
+    deadline = time.monotonic() + 30
+    while tracker.spilled < 800:
+        assert time.monotonic() < deadline, f"only {tracker.spilled} steps spilled"
+        time.sleep(0.05)
+    assert tracker._held <= 101
+    tracker.close(timeout=1)
+    undelivered = workdir / "spill" / "undelivered.jsonl"
+    assert [int(line.split(",")[-2]) for line in undelivered.read_text().splitlines()] == list(range(1_000))
+    assert sorted(p.name for p in (workdir / "spill").iterdir()) == ["undelivered.jsonl"]

@@ -1,0 +1,301 @@
+"""``metaorch submit`` and ``metaorch jobs`` against a real Ray head and a real MLflow server.
+
+The module starts, in parallel, ``ray start --head`` (dashboard and job API on 127.0.0.1, its
+own temp dir and free ports) and ``mlflow server`` on 127.0.0.1, and stops both at the end,
+failures included. Jobs upload this checkout (the repository root is the working directory)
+and train ``configs/sinusoid_maml.yaml`` shrunk with ``--set``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster.jobs import wait_terminal
+from orchestrator import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONFIG = "configs/sinusoid_maml.yaml"
+START_S = 120.0
+JOB_S = 300.0
+TINY = [
+    "outer.iterations=20", "outer.meta_batch=4", "model.hidden=[8]",
+    "workers.num_workers=1", "workers.chunk_size=2",
+    "eval.tasks=10", "eval.steps=[1]", "eval.val_every=10", "eval.val_tasks=4", "eval.plot_tasks=0",
+    "checkpoint.every=10", "tracking.experiment=submit-e2e",
+]  # fmt: skip
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))  # free on every interface: Ray's agents bind more than loopback
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _pids(match) -> list[int]:
+    """This user's processes, other than this one, whose command line ``match`` accepts."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid == os.getuid() and match((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _stop(proc: subprocess.Popen, marker: str | None = None) -> None:
+    """SIGTERM the process group, SIGKILL what is left; then any process naming ``marker``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if marker:  # Ray's own processes (raylet, agents, workers) that left the group
+        for pid in _pids(lambda cmd: marker in cmd):
+            _signal(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """(job API URL, MLflow URL, environment for CLI subprocesses)."""
+    root = tmp_path_factory.mktemp("jobs")
+    gcs, dash, agent, client, mlflow_port = _free_ports(5)
+    temp_dir = f"/tmp/ray-mj-{gcs}"  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `metaorch` is this environment's
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    head_log, mlflow_log = root / "head.log", root / "mlflow.log"
+    procs: list[tuple[subprocess.Popen, str | None]] = []
+    try:
+        with open(head_log, "wb") as out:
+            head = subprocess.Popen(
+                [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                 f"--port={gcs}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+                 f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            procs.append((head, temp_dir))
+        with open(mlflow_log, "wb") as out:
+            server = subprocess.Popen(
+                [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                 "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                 "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts"],
+                env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=root,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            procs.append((server, None))
+        job_api, tracking = f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{mlflow_port}"
+        deadline = time.monotonic() + START_S
+        while not (
+            "Ray runtime started" in head_log.read_text(errors="replace")
+            and _answers(f"{job_api}/api/version")
+            and _answers(f"{tracking}/health")
+        ):
+            for p, log in ((head, head_log), (server, mlflow_log)):
+                assert p.poll() is None, f"{p.args[3]} exited:\n{log.read_text(errors='replace')[-3000:]}"
+            assert time.monotonic() < deadline, f"not up after {START_S:.0f}s:\n{head_log.read_text()[-2000:]}\n{mlflow_log.read_text()[-2000:]}"
+            time.sleep(0.5)
+        yield job_api, tracking, env
+    finally:
+        for p, marker in procs:
+            _stop(p, marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _run_cli(capsys, argv: list[str]) -> tuple[int, str]:
+    code = cli.run(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def _steps(c, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in c.get_metric_history(run_id, key))
+
+
+def test_resume_passes_over_a_local_checkpoint_mlflow_never_got_and_logs_each_step_once(ray_session, workdir):
+    """A driver killed after saving ``ckpt_30`` but before uploading it, with steps 21-30 in MLflow.
+
+    Resuming must start from ``ckpt_20`` (the newest in MLflow: every step before it is there), not
+    the newer local file, recompute 21-30 without logging them again, and go on to 40.
+    (Runs first: the in-process Ray instance starts before this module's head.)
+    """
+    from mlflow.tracking import MlflowClient
+
+    from conftest import tiny_config
+    from orchestrator.trainer import train
+
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    quiet = {"at_end": False, "plot_tasks": 0, "val_every": 10}
+    first = train(tiny_config(outer={"iterations": 30}, eval=quiet), tracking_uri=store, progress=False)
+    c = MlflowClient(store)
+    uploaded = Path(c.get_run(first.run_id).info.artifact_uri.removeprefix("file://")) / "checkpoints"
+    for name in ("ckpt_00000030.pt", "latest.pt"):
+        (uploaded / name).unlink()  # the uploads the kill cut off
+    assert (workdir / "checkpoints" / first.run_id / "ckpt_00000030.pt").is_file()
+
+    resumed = train(tiny_config(outer={"iterations": 40}, eval=quiet), resume=first.run_id, tracking_uri=store, progress=False)
+    assert resumed.run_id == first.run_id and resumed.iterations == 40
+    assert c.get_run(first.run_id).data.tags["metaorch.resumed_at_iteration"] == "20"
+    for key in ("train/loss_post", "train/loss_pre", "outer/lr", "time/iteration_s"):
+        assert _steps(c, first.run_id, key) == list(range(1, 41)), key
+    assert _steps(c, first.run_id, "val/loss") == [10, 20, 30, 40]
+
+
+def test_submit_runs_the_job_and_the_run_reads_back_from_mlflow(services, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobSubmissionClient
+
+    job_api, tracking, env = services
+    proc = subprocess.run(
+        [str(BIN / "metaorch"), "submit", CONFIG, "--address", job_api, "--tracking-uri", tracking,
+         "--runtime-env", "cluster/runtime_env.yaml", *_sets(TINY)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_S,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    submission_id = re.search(r"submitted job (\S+) to ", out).group(1)
+    assert f"dashboard:  {job_api}/#/jobs/{submission_id}" in out
+    url = re.search(r"MLflow run: (\S+)", out).group(1)
+    assert url.startswith(f"{tracking}/#/experiments/")
+    run_id = url.rsplit("/", 1)[1]
+    assert "meta-test MSE after 1 inner step(s)" in out  # the job's own output, followed
+    assert proc.stdout.rstrip().endswith(f"job {submission_id} SUCCEEDED")
+    assert str(JobSubmissionClient(job_api).get_job_status(submission_id).value) == "SUCCEEDED"
+
+    c = MlflowClient(tracking)
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.experiment_id == c.get_experiment_by_name("submit-e2e").experiment_id
+    assert run.data.params["outer.iterations"] == "20"  # the --set overrides reached the job
+    assert run.data.params["model.hidden"] == "[8]"
+    assert run.data.tags["metaorch.submission_id"] == submission_id
+    assert _steps(c, run_id, "train/loss_post") == list(range(1, 21))
+    assert _steps(c, run_id, "val/loss") == [10, 20]
+    assert {a.path for a in c.list_artifacts(run_id, "checkpoints")} >= {"checkpoints/ckpt_00000010.pt", "checkpoints/ckpt_00000020.pt"}
+    (child,) = c.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert "test/loss_step_1" in child.data.metrics
+
+    # the jobs commands on it
+    monkeypatch.chdir(ROOT)
+    code, text = _run_cli(capsys, ["jobs", "list", "--address", job_api])
+    assert code == 0 and re.search(rf"{submission_id}\s+SUCCEEDED\s+run {run_id}", text), text
+    code, text = _run_cli(capsys, ["jobs", "status", submission_id, "--address", job_api])
+    assert code == 0 and f"job {submission_id}: SUCCEEDED" in text and url in text, text
+    code, text = _run_cli(capsys, ["jobs", "logs", submission_id, "--address", job_api])
+    assert code == 0 and "meta-test MSE after 1 inner step(s)" in text
+    code, text = _run_cli(capsys, ["jobs", "stop", submission_id, "--address", job_api])
+    assert code == 0 and "had already ended: SUCCEEDED" in text
+    with pytest.raises(cli.UserError, match="no such job"):
+        cli.run(["jobs", "status", "metaorch-nosuchjob", "--address", job_api])
+
+
+def _drivers(run_id: str) -> list[int]:
+    """The job's driver: ``metaorch train ... --run-id RUN_ID`` (and the shell Ray started it in)."""
+    return _pids(lambda cmd: " train " in cmd and f"--run-id {run_id}" in cmd)
+
+
+def _checkpointed(c, run_id: str) -> int:
+    names = [a.path for a in c.list_artifacts(run_id, "checkpoints") if re.search(r"ckpt_\d+\.pt$", a.path)]
+    return max((int(re.search(r"ckpt_(\d+)", n).group(1)) for n in names), default=0)
+
+
+def test_driver_killed_then_submit_resume_continues_the_run_with_every_step_once(services, capsys, monkeypatch):
+    """SIGKILL the driver once steps past its newest uploaded checkpoint are in MLflow; resubmit."""
+    from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobSubmissionClient
+
+    job_api, tracking, _ = services
+    monkeypatch.chdir(ROOT)
+    n = 300
+    job = [*TINY, f"outer.iterations={n}", "checkpoint.every=25", "eval.val_every=100", "eval.at_end=false", "tracking.experiment=submit-resume"]
+    code, out = _run_cli(capsys, ["submit", CONFIG, "--address", job_api, "--tracking-uri", tracking, "--no-wait", *_sets(job)])
+    assert code == 0, out
+    submission_id = re.search(r"submitted job (\S+) to ", out).group(1)
+    run_id = re.search(r"MLflow run: \S+/runs/([0-9a-f]{32})", out).group(1)
+    jobs, c = JobSubmissionClient(job_api), MlflowClient(tracking)
+
+    # Freeze the driver to read a stable state; kill it only when MLflow holds steps beyond
+    # its newest checkpoint there (those the resumed job recomputes and must not log again).
+    killed_at = None
+    deadline = time.monotonic() + JOB_S
+    while killed_at is None:
+        assert time.monotonic() < deadline, "no checkpoint with later steps in MLflow"
+        assert str(jobs.get_job_status(submission_id).value) in ("PENDING", "RUNNING"), jobs.get_job_logs(submission_id)
+        time.sleep(0.3)
+        drivers = _drivers(run_id)
+        if not drivers or not _checkpointed(c, run_id):
+            continue
+        for pid in drivers:
+            _signal(pid, signal.SIGSTOP)
+        time.sleep(1.0)  # requests already sent land
+        checkpoint, steps = _checkpointed(c, run_id), _steps(c, run_id, "train/loss_post")
+        if steps and steps[-1] > checkpoint:
+            for pid in drivers:
+                _signal(pid, signal.SIGKILL)
+            killed_at = (checkpoint, steps)
+        else:
+            for pid in drivers:
+                _signal(pid, signal.SIGCONT)
+    checkpoint, before = killed_at
+    assert checkpoint < n and before[-1] < n
+    assert wait_terminal(jobs, submission_id, timeout_s=60) == "FAILED"
+    assert c.get_run(run_id).info.status == "RUNNING"  # nobody closed it: the driver died
+    assert before == list(range(1, before[-1] + 1))
+
+    code, out = _run_cli(capsys, ["submit", CONFIG, "--address", job_api, "--tracking-uri", tracking, "--resume", run_id, *_sets(job)])
+    assert code == 0, out
+    assert f"/runs/{run_id}" in out and "SUCCEEDED" in out
+
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["metaorch.resumed_at_iteration"] == str(checkpoint)
+    for key in ("train/loss_post", "train/loss_pre", "outer/lr", "time/iteration_s"):
+        assert _steps(c, run_id, key) == list(range(1, n + 1)), key  # none lost, none twice
+    assert _steps(c, run_id, "val/loss") == [100, 200, 300]
+    assert _checkpointed(c, run_id) == n

@@ -1,0 +1,139 @@
+"""What an untrusted file or a secret in a URI can and cannot do.
+
+- A checkpoint or config from an untrusted source cannot run code: each crafted file below
+  first proves it runs code when loaded the unsafe way, then must be refused (exit 2) by
+  metaorch with no code run.
+- A password in a tracking URI reaches no MLflow param, artifact, checkpoint, error or log line,
+  and ``metaorch submit`` refuses to put one where Ray stores and shows it.
+- ``metaorch eval`` never unpickles: the run's pickled MLflow model is replaced by a hostile
+  one, and evaluating the run still runs no code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from orchestrator import cli
+
+SECRET = "S3cretPw"
+
+
+class _Opens:
+    """Unpickling this calls ``open(path, "w")``: creates ``path``, the sign that code ran."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    return exc.value.code
+
+
+def _write_hostile_pickle(path: Path, marker: Path) -> None:
+    torch.save({"format_version": 1, "iteration": _Opens(marker)}, path)
+    torch.load(path, weights_only=False).get("iteration").close()  # the unsafe way runs it...
+    assert marker.exists()
+    marker.unlink()  # ...so its absence below means metaorch did not
+
+
+def test_pickled_checkpoint_is_refused_and_runs_no_code(workdir, capsys):
+    marker = workdir / "pwned"
+    _write_hostile_pickle(workdir / "evil.pt", marker)
+    (workdir / "job.yaml").write_text("outer: {iterations: 2}\n")
+
+    assert _exit_code(["eval", "evil.pt"]) == 2
+    assert "evil.pt is not a readable metaorch checkpoint" in capsys.readouterr().err
+    assert _exit_code(["train", "job.yaml", "--resume", "evil.pt"]) == 2
+    assert "evil.pt is not a readable metaorch checkpoint" in capsys.readouterr().err
+    assert not marker.exists()
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_yaml_with_python_tags_is_refused_and_runs_no_code(workdir, capsys):
+    marker = workdir / "pwned"
+    tag = f"!!python/object/apply:builtins.open [{str(marker)!r}, w]"
+    yaml.unsafe_load(tag).close()  # the unsafe loader runs it
+    assert marker.exists()
+    marker.unlink()
+
+    (workdir / "evil.yaml").write_text(f"seed: {tag}\n")
+    (workdir / "ok.yaml").write_text("seed: 1\n")
+    assert _exit_code(["config", "show", "evil.yaml"]) == 2
+    assert "evil.yaml is not valid YAML" in capsys.readouterr().err
+    assert _exit_code(["config", "show", "ok.yaml", "--set", f"seed={tag}"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    # a runtime env file is read the same way, before anything is contacted (port 1: nothing there)
+    assert _exit_code(["submit", "ok.yaml", "--address", "http://127.0.0.1:1", "--runtime-env", "evil.yaml"]) == 2
+    assert "--runtime-env evil.yaml: not valid YAML" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_password_in_tracking_uri_reaches_no_param_artifact_checkpoint_or_message(ray_session, workdir, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.trainer import train
+
+    secret_uri = f"postgresql://meta:{SECRET}@127.0.0.1:1/mlflow"
+    config = tiny_config(outer={"iterations": 2}, eval={"at_end": False, "plot_tasks": 0, "val_every": 2}, tracking={"uri": secret_uri})
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    result = train(config, tracking_uri=store, progress=False)
+    assert config.tracking.uri == secret_uri  # the driver itself still has it
+
+    c = MlflowClient(store)
+    assert c.get_run(result.run_id).data.params["tracking.uri"] == "postgresql://meta:***@127.0.0.1:1/mlflow"
+    logged_config = Path(c.download_artifacts(result.run_id, "config.yaml", str(workdir)))
+    assert "meta:***@" in logged_config.read_text()
+    written = [logged_config, *workdir.glob("checkpoints/*/*.pt"), *workdir.glob("mlruns/**/*.pt")]
+    assert len(written) >= 3
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert "meta:***@" in torch.load(result.checkpoint, weights_only=True)["config_yaml"]
+
+    # error lines and log lines
+    (workdir / "job.yaml").write_text("outer: {iterations: 2}\n")
+    assert _exit_code(["train", "job.yaml", "--tracking-uri", secret_uri]) == 2
+    err = capsys.readouterr().err
+    assert "postgresql://meta:***@127.0.0.1:1/mlflow" in err and SECRET not in err
+    assert _exit_code(["config", "show", "--set", f"tracking.uri={secret_uri}"]) == 0
+    out = capsys.readouterr().out
+    assert "meta:***@" in out and SECRET not in out
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "not logged to %s: %s", (secret_uri, "gone"), None)
+    assert cli._Redact().filter(record)
+    assert record.getMessage() == "not logged to postgresql://meta:***@127.0.0.1:1/mlflow: gone"
+
+
+def test_eval_never_unpickles_the_runs_model(ray_session, workdir):
+    """The MLflow model is a pickle (it keeps ``adapt``); evaluation reads the checkpoint instead."""
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.trainer import evaluate, train
+
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    config = tiny_config(outer={"iterations": 2}, eval={"at_end": False, "plot_tasks": 0, "val_every": 2})
+    run = train(config, tracking_uri=store, progress=False)
+    artifacts = Path(MlflowClient(store).get_run(run.run_id).info.artifact_uri.removeprefix("file://"))
+    (model_file,) = artifacts.glob("model/**/*.pth")
+    marker = workdir / "pwned"
+    _write_hostile_pickle(model_file, marker)
+    try:  # loading the model the documented way runs the hostile code
+        mlflow.pytorch.load_model(str(artifacts / "model"))
+    except Exception:
+        pass  # whether it then fails does not matter: the code has run
+    assert marker.exists()
+    marker.unlink()
+
+    result = evaluate(run.run_id, tasks=4, steps=[1], tracking_uri=store)
+    assert result.estimates[1].n == 4
+    assert not marker.exists()
