@@ -1,13 +1,21 @@
 """Ray worker actors and the pool that manages them."""
 
 from workers.pool import PoolExhausted, Resources, Transport, WorkerPool
+from workers.rollout import MLPBuild, RolloutItem, RolloutPool, RolloutResult, RolloutTask, RolloutWorker, SamplePlan
 from workers.worker import ChunkResult, MetaWorker, WorkItem, device_for, shard
 
 __all__ = [
     "ChunkResult",
+    "MLPBuild",
     "MetaWorker",
     "PoolExhausted",
     "Resources",
+    "RolloutItem",
+    "RolloutPool",
+    "RolloutResult",
+    "RolloutTask",
+    "RolloutWorker",
+    "SamplePlan",
     "Transport",
     "WorkItem",
     "WorkerPool",

@@ -4,6 +4,11 @@ No Ray, no gymnasium here: rollout workers (``workers/``) step environments (``t
 and hand these functions :class:`Trajectories`; a test can build trajectories by hand.
 """
 
+from algorithms.rl.maml_trpo import MAMLPlan, MAMLTRPOConfig, adapt, outer_step
+from algorithms.rl.pearl import PEARL, PEARLConfig, PEARLPlan, PEARLPolicy
+from algorithms.rl.rl2 import GRUPolicy, PPOConfig, RL2Learner, RL2Plan
 from algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
 
 __all__ = ["Plan", "Policy", "Sample", "Trajectories"]
+__all__ += ["MAMLPlan", "MAMLTRPOConfig", "adapt", "outer_step", "GRUPolicy", "PPOConfig", "RL2Learner", "RL2Plan"]
+__all__ += ["PEARL", "PEARLConfig", "PEARLPlan", "PEARLPolicy"]

@@ -1,0 +1,144 @@
+"""Environment steps per second on HalfCheetah-v5, three ways side by side in one run.
+
+  bare    two processes, each a bare gymnasium loop (``gym.make("HalfCheetah-v5")``,
+          random actions, reset when an episode ends): the ceiling, one per core
+  ours    two RolloutWorker actors (workers/rollout.py) through a RolloutPool, each stepping
+          ``--envs`` HalfCheetahVel environments (HalfCheetah-v5 with the task's reward) with
+          a 64-64 tanh Gaussian MLP: parameters sent by one ray.put per call, trajectories
+          returned to the driver and counted there (transfer included)
+  rllib   RLlib's new-API-stack EnvRunnerGroup: two SingleAgentEnvRunners x ``--envs``
+          envs, the default PPO RLModule with a 64-64 tanh MLP; ``sample()`` alone is timed
+          (each runner returns only its step count, so no episodes travel to the driver)
+
+Targets (issue 4): ours >= 0.8 x bare, ours >= 1.5 x rllib. Run it on an idle machine:
+
+    python bench/rollout_speed.py [--seconds 15] [--envs 20] [--skip-rllib]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ENV = "HalfCheetah-v5"
+WORKERS = 2
+
+
+def _bare_loop(seconds: float, barrier, results) -> None:
+    import gymnasium as gym
+
+    env = gym.make(ENV)
+    env.reset(seed=os.getpid())
+    env.action_space.seed(0)
+    for _ in range(500):  # warm up
+        env.step(env.action_space.sample())
+    barrier.wait()
+    steps, start = 0, time.perf_counter()
+    env.reset()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(100):
+            _, _, term, trunc, _ = env.step(env.action_space.sample())
+            if term or trunc:
+                env.reset()
+        steps += 100
+    results.put(steps / elapsed)
+
+
+def bare(seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
+    procs = [ctx.Process(target=_bare_loop, args=(seconds, barrier, results)) for _ in range(WORKERS)]
+    for p in procs:
+        p.start()
+    rates = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+def ours(seconds: float, envs: int) -> float:
+    from tasks.base import descriptors
+    from workers import Resources
+    from workers.rollout import MLPBuild, RolloutPool
+
+    build = MLPBuild("half_cheetah_vel", hidden=(64, 64))
+    pool = RolloutPool(build, WORKERS, Resources(num_cpus=1, threads=1))
+    try:
+        params = build()[1].init_params(0).numpy()
+        pool.sample(params, descriptors(0, "train", 0, WORKERS), episodes=envs)  # warm up: envs built once
+        steps, calls, start = 0.0, 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            trajs = pool.sample(params, descriptors(0, "train", calls + 1, WORKERS), episodes=envs)
+            steps += sum(float(t.mask.sum()) for t in trajs)
+            calls += 1
+        return steps / elapsed
+    finally:
+        pool.shutdown()
+
+
+def rllib(seconds: float, envs: int) -> float:
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.env.env_runner_group import EnvRunnerGroup
+
+    config = (
+        PPOConfig()
+        .environment(ENV)
+        .framework("torch")
+        .env_runners(
+            num_env_runners=WORKERS,
+            num_envs_per_env_runner=envs,
+            num_cpus_per_env_runner=1,
+            rollout_fragment_length=200,
+        )
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh"))
+    )
+    group = EnvRunnerGroup(config=config, local_env_runner=False)
+    try:
+
+        def count(runner) -> int:
+            return sum(len(e) for e in runner.sample())
+
+        group.foreach_env_runner(count, local_env_runner=False)  # warm up
+        steps, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            steps += sum(group.foreach_env_runner(count, local_env_runner=False))
+        return steps / elapsed
+    finally:
+        group.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured time per contender")
+    parser.add_argument("--envs", type=int, default=20, help="environments per worker (ours and rllib)")
+    parser.add_argument("--skip-rllib", action="store_true")
+    args = parser.parse_args()
+
+    import ray
+
+    began = time.perf_counter()
+    rate_bare = bare(args.seconds)
+    print(f"bare gymnasium, {WORKERS} processes:            {rate_bare:9.0f} steps/s", flush=True)
+    ray.init(num_cpus=WORKERS, include_dashboard=False, logging_level="ERROR", address="local", log_to_driver=False)
+    try:
+        rate_ours = ours(args.seconds, args.envs)
+        print(f"ours, {WORKERS} RolloutWorkers x {args.envs} envs:        {rate_ours:9.0f} steps/s", flush=True)
+        rate_rllib = None if args.skip_rllib else rllib(args.seconds, args.envs)
+        if rate_rllib is not None:
+            print(f"rllib, {WORKERS} EnvRunners x {args.envs} envs:          {rate_rllib:9.0f} steps/s", flush=True)
+    finally:
+        ray.shutdown()
+    print(f"ours / bare  = {rate_ours / rate_bare:.2f}   (target >= 0.8)")
+    if rate_rllib is not None:
+        print(f"ours / rllib = {rate_ours / rate_rllib:.2f}   (target >= 1.5)")
+    print(f"total {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

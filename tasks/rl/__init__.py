@@ -1,0 +1,53 @@
+"""Meta-RL task families on gymnasium environments, built from task descriptors.
+
+``make_family("half_cheetah_vel", high=3.0)`` gives a family; ``family.task(descriptor)``
+its task parameters; ``family.make(params)`` the environment. ``trial_episodes=n`` plays
+each task as an RL² trial of n episodes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from tasks.rl.base import EnvFamily, EnvFamilyError, TaskParams
+from tasks.rl.locomotion import AntDir, AntGoal, HalfCheetahDir, HalfCheetahVel
+from tasks.rl.navigation import Navigation2D
+from tasks.rl.tabular import BernoulliBandits, TabularMDPs
+from tasks.rl.trial import TrialEnv, TrialFamily
+
+FAMILIES: dict[str, type[EnvFamily]] = {
+    cls.name: cls for cls in (HalfCheetahVel, HalfCheetahDir, AntDir, AntGoal, Navigation2D, BernoulliBandits, TabularMDPs)
+}
+
+
+def make_family(name: str, trial_episodes: int | None = None, **options: Any) -> EnvFamily:
+    """The family registered as ``name`` with its ``options``; EnvFamilyError names what is wrong."""
+    if name not in FAMILIES:
+        raise EnvFamilyError(f"unknown environment family {name!r}; expected one of {sorted(FAMILIES)}")
+    cls = FAMILIES[name]
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError:
+        allowed = list(inspect.signature(cls).parameters)
+        raise EnvFamilyError(f"{name}: unknown options {sorted(set(options) - set(allowed))}; allowed: {allowed}") from None
+    family = cls(**options)
+    return family if trial_episodes is None else TrialFamily(family, trial_episodes)
+
+
+__all__ = [
+    "AntDir",
+    "AntGoal",
+    "BernoulliBandits",
+    "EnvFamily",
+    "EnvFamilyError",
+    "FAMILIES",
+    "HalfCheetahDir",
+    "HalfCheetahVel",
+    "Navigation2D",
+    "TabularMDPs",
+    "TaskParams",
+    "TrialEnv",
+    "TrialFamily",
+    "make_family",
+]

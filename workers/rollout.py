@@ -1,0 +1,424 @@
+"""The rollout worker: steps environments for meta-RL and runs algorithms' per-task plans.
+
+A plain class, like :class:`workers.worker.MetaWorker`, built from a picklable ``build``
+callable (returning an env family and a policy); :class:`RolloutPool` makes it a Ray actor.
+
+Speed: every plan of a call runs in its own thread, and each ``sample`` it makes waits at
+a barrier; when every plan is waiting (or done), all their requests are stepped together
+in one loop: one policy forward per distinct parameter vector per step (one in all for a
+pre-adaptation batch), then each environment's ``step`` directly, no vector-env layer,
+into preallocated numpy buffers. Environments are reused across tasks (``family.assign``).
+
+Determinism: an episode is fixed by its task descriptor, the number of the plan's
+``sample`` call and the episode's number: its reset seed and its action noise come from
+its own generator (policies that take ``noise``, see ``algorithms.rl.policies``), and
+forwards are padded to at least :data:`MIN_ROWS` rows (small batches take other BLAS
+kernels). So trajectories do not depend on which tasks share a worker or a batch, nor on
+the number of workers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
+from tasks.base import TaskDescriptor
+from workers.pool import WorkerPool
+from workers.worker import device_for, shard
+
+if TYPE_CHECKING:  # gymnasium and MuJoCo load in the actors that step environments, not in every importer
+    import gymnasium as gym
+
+    from tasks.rl.base import EnvFamily, TaskParams
+
+Build = Callable[[], tuple["EnvFamily", Policy]]
+MIN_ROWS = 8
+_RESET, _NOISE = 0, 1  # spawn-key tags of an episode's two random streams
+
+
+@dataclass(frozen=True)
+class RolloutTask:
+    """A task: drawn from its descriptor, or (meta-test) given as explicit ``params``,
+    in which case the descriptor still seeds the episodes."""
+
+    descriptor: TaskDescriptor
+    params: TaskParams | None = None
+
+
+@dataclass(frozen=True)
+class RolloutItem:
+    """A chunk of tasks and the plan to run on each: the unit of sharding and of order."""
+
+    index: int
+    tasks: tuple[RolloutTask | TaskDescriptor, ...]
+    plan: Plan
+
+
+@dataclass
+class RolloutResult:
+    index: int
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # the plan's output, one per task
+
+
+@dataclass(frozen=True)
+class MLPBuild:
+    """A picklable :data:`Build`: the family registered as ``family`` (with ``options``) and
+    an MLP policy sized to its spaces, Gaussian for Box actions, categorical for Discrete."""
+
+    family: str
+    options: dict[str, Any] = field(default_factory=dict)
+    hidden: tuple[int, ...] = (64, 64)
+
+    def __call__(self) -> tuple[EnvFamily, Policy]:
+        from algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+        from tasks.rl import make_family
+
+        family = make_family(self.family, **self.options)
+        obs_dim = int(np.prod(family.observation_space.shape))
+        space = family.action_space
+        if hasattr(space, "n"):
+            return family, CategoricalMLPPolicy(obs_dim, int(space.n), self.hidden)
+        return family, GaussianMLPPolicy(obs_dim, int(np.prod(space.shape)), self.hidden)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """The plan that only samples: ``episodes`` episodes at the given parameters."""
+
+    episodes: int
+    deterministic: bool = False
+
+    def __call__(self, sample: Sample, params: torch.Tensor) -> dict[str, Any]:
+        return {"trajectories": sample(params, self.episodes, deterministic=self.deterministic)}
+
+
+def episode_streams(descriptor: TaskDescriptor, call: int, episode: int) -> tuple[int, np.random.Generator]:
+    """(reset seed, action-noise generator) of one episode, independent of the task's own stream."""
+    root = descriptor.rng().bit_generator.seed_seq
+    reset = np.random.SeedSequence(root.entropy, spawn_key=(call, episode, _RESET))
+    noise = np.random.SeedSequence(root.entropy, spawn_key=(call, episode, _NOISE))
+    return int(reset.generate_state(1)[0]), np.random.default_rng(noise)
+
+
+@dataclass
+class _Request:
+    """One ``sample`` call of one plan, waiting for the batched loop."""
+
+    job: int  # position in the call's job list: the order of rows in a batch
+    task: TaskParams
+    descriptor: TaskDescriptor
+    call: int
+    params: torch.Tensor
+    episodes: int
+    deterministic: bool
+    result: Trajectories | None = None
+    error: BaseException | None = None
+
+
+class RolloutWorker:
+    def __init__(self, build: Build, threads: int = 1, num_gpus: float = 0.0):
+        torch.set_num_threads(threads)
+        self.device = device_for(num_gpus)
+        self.family, self.policy = build()
+        if hasattr(self.policy, "to"):
+            self.policy.to(self.device)
+        self.horizon = self.family.horizon
+        self.obs_dim = int(np.prod(self.family.observation_space.shape))
+        space = self.family.action_space
+        self.discrete = hasattr(space, "n")  # Discrete; otherwise a Box
+        self.act_shape: tuple[int, ...] = () if self.discrete else tuple(space.shape)
+        self.low, self.high = (None, None) if self.discrete else (space.low, space.high)
+        self.noisy = getattr(self.policy, "takes_noise", False) or "noise" in inspect.signature(self.policy.act).parameters
+        self.envs: list[gym.Env] = []
+
+    # -- the actor's entry points --------------------------------------------------------
+    def run(self, params: np.ndarray, items: Sequence[RolloutItem]) -> list[RolloutResult]:
+        """Every item's plan on every one of its tasks, at ``params``; results in item order."""
+        theta = torch.as_tensor(np.array(params, copy=True), device=self.device)
+        jobs = [(item.plan, task) for item in items for task in item.tasks]
+        outputs = iter(self.run_plans(theta, jobs))
+        return [RolloutResult(item.index, [next(outputs) for _ in item.tasks]) for item in items]
+
+    def run_shard(self, inputs: tuple[np.ndarray, Sequence[RolloutItem]], slot: int, parts: int) -> list[RolloutResult]:
+        """Shard ``slot`` of ``parts`` (the pool's compiled-graph transport)."""
+        params, items = inputs
+        shards = shard(items, parts)
+        return self.run(params, shards[slot]) if slot < len(shards) else []
+
+    def sample(
+        self, params: torch.Tensor | np.ndarray, tasks: Sequence[RolloutTask | TaskDescriptor], episodes: int, deterministic: bool = False
+    ) -> list[Trajectories]:
+        """``episodes`` episodes of every task at ``params``, all stepped in one batched loop."""
+        theta = torch.as_tensor(params, device=self.device)
+        plan = SamplePlan(episodes, deterministic)
+        return [out["trajectories"] for out in self.run_plans(theta, [(plan, t) for t in tasks])]
+
+    def info(self) -> dict[str, object]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "device": str(self.device), "gpu_ids": ray.get_gpu_ids()}
+
+    # -- plans: one thread each, their samples batched ---------------------------------------
+    def run_plans(self, params: torch.Tensor, jobs: Sequence[tuple[Plan, RolloutTask | TaskDescriptor]]) -> list[dict[str, Any]]:
+        tasks = [t if isinstance(t, RolloutTask) else RolloutTask(t) for _, t in jobs]
+        resolved = [self.family.task(t.descriptor) if t.params is None else self.family.check(t.params) for t in tasks]
+        barrier = _Barrier(len(jobs))
+        outputs: list[dict[str, Any] | None] = [None] * len(jobs)
+        errors: list[BaseException] = []
+
+        def work(k: int, plan: Plan) -> None:
+            calls = iter(range(1 << 30))
+
+            def sample(theta: torch.Tensor, episodes: int, deterministic: bool = False) -> Trajectories:
+                request = _Request(k, resolved[k], tasks[k].descriptor, next(calls), theta, episodes, deterministic)
+                return barrier.wait_for(request)
+
+            barrier.enter()
+            try:
+                outputs[k] = plan(sample, params)
+            except BaseException as exc:  # re-raised by the calling thread
+                errors.append(exc)
+            finally:
+                barrier.leave()
+
+        threads = [threading.Thread(target=work, args=(k, plan), daemon=True) for k, (plan, _) in enumerate(jobs)]
+        for th in threads:
+            th.start()
+        failure: BaseException | None = None
+        while (batch := barrier.next_batch()) is not None:
+            try:
+                results = self.rollout(batch)
+            except BaseException as exc:
+                failure = exc
+                barrier.deliver(batch, [None] * len(batch), exc, final=True)
+                break
+            barrier.deliver(batch, results, None)
+        for th in threads:
+            th.join()
+        if failure is not None:
+            raise failure
+        if errors:
+            raise errors[0]
+        return outputs  # type: ignore[return-value]
+
+    # -- the batched stepping loop -------------------------------------------------------
+    def _envs_for(self, tasks: Sequence[TaskParams]) -> list[gym.Env]:
+        while len(self.envs) < len(tasks):
+            self.envs.append(self.family.build(tasks[len(self.envs)]))
+        for i, task in enumerate(tasks):
+            self.envs[i] = self.family.assign(self.envs[i], task)
+        return self.envs[: len(tasks)]
+
+    def rollout(self, requests: Sequence[_Request]) -> list[Trajectories]:
+        """Step every episode of every request to the end; one forward per parameter group per step."""
+        slots = [(r, e) for r in requests for e in range(r.episodes)]
+        n, horizon, d = len(slots), self.horizon, self.obs_dim
+        envs = self._envs_for([r.task for r, _ in slots])
+        obs = np.zeros((horizon, n, d), np.float32)
+        next_obs = np.zeros((horizon, n, d), np.float32)
+        actions = np.zeros((horizon, n, *self.act_shape), np.int64 if self.discrete else np.float32)
+        rewards = np.zeros((horizon, n), np.float32)
+        log_probs = np.zeros((horizon, n), np.float32)
+        terminated = np.zeros((horizon, n), bool)
+        mask = np.zeros((horizon, n), np.float32)
+        current = np.zeros((max(n, MIN_ROWS), d), np.float32)  # padded rows stay zero
+        noise = np.zeros((horizon, max(n, MIN_ROWS), *self.act_shape), np.float32)
+        for i, (r, e) in enumerate(slots):
+            seed, gen = episode_streams(r.descriptor, r.call, e)
+            current[i] = np.asarray(envs[i].reset(seed=seed)[0], np.float32).reshape(-1)
+            noise[:, i] = gen.uniform(size=horizon) if self.discrete else gen.standard_normal((horizon, *self.act_shape))
+        groups = self._groups(requests)
+        noise_t = torch.as_tensor(noise, device=self.device)
+        state = self.policy.initial_state(max(n, MIN_ROWS))
+        active = list(range(n))
+        with torch.inference_mode():
+            for t in range(horizon):
+                if not active:
+                    break
+                obs[t] = current[:n]
+                act, logp, state = self._act(groups, torch.as_tensor(current, device=self.device), state, noise_t[t])
+                act, logp = act[:n].cpu().numpy(), logp[:n].cpu().numpy()
+                actions[t], log_probs[t] = act, logp
+                to_env = act if self.discrete else np.clip(act, self.low, self.high)
+                mask[t, active] = 1.0
+                still = []
+                for i in active:
+                    o, reward, term, trunc, _ = envs[i].step(to_env[i])
+                    current[i] = o.reshape(-1) if isinstance(o, np.ndarray) else o
+                    rewards[t, i] = reward
+                    if term:
+                        terminated[t, i] = True
+                    if not (term or trunc):
+                        still.append(i)
+                next_obs[t] = current[:n]
+                active = still
+        real = mask > 0
+        obs[~real], next_obs[~real], actions[~real] = 0, 0, 0
+        out, start = [], 0
+        for r in requests:
+            cut = slice(start, start + r.episodes)
+            start += r.episodes
+            out.append(
+                Trajectories(
+                    observations=np.ascontiguousarray(obs[:, cut]),
+                    actions=np.ascontiguousarray(actions[:, cut]),
+                    rewards=np.ascontiguousarray(rewards[:, cut]),
+                    log_probs=np.ascontiguousarray(log_probs[:, cut]),
+                    next_observations=np.ascontiguousarray(next_obs[:, cut]),
+                    terminated=np.ascontiguousarray(terminated[:, cut]),
+                    mask=np.ascontiguousarray(mask[:, cut]),
+                )
+            )
+        return out
+
+    def _groups(self, requests: Sequence[_Request]) -> list[tuple[int, int, torch.Tensor, bool]]:
+        """Row ranges that share a parameter vector (the same tensor object) and mode.
+
+        A single group covers the padded rows too; otherwise each group of fewer than
+        MIN_ROWS rows is padded on its own at forward time."""
+        groups: list[tuple[int, int, torch.Tensor, bool]] = []
+        start = 0
+        for r in requests:
+            end = start + r.episodes
+            if groups and groups[-1][2] is r.params and groups[-1][3] == r.deterministic:
+                groups[-1] = (groups[-1][0], end, r.params, r.deterministic)
+            else:
+                groups.append((start, end, r.params, r.deterministic))
+            start = end
+        return groups
+
+    def _act(self, groups, obs: torch.Tensor, state, noise: torch.Tensor):
+        kwargs = {}
+        if len(groups) == 1:
+            _, _, params, det = groups[0]
+            if self.noisy:
+                kwargs["noise"] = noise
+            return self.policy.act(params.to(self.device), obs, state, det, **kwargs)
+        acts, logps, states = [], [], []
+        for start, end, params, det in groups:
+            o, nz = _pad_rows(obs[start:end], MIN_ROWS), _pad_rows(noise[start:end], MIN_ROWS)
+            st = None if state is None else _pad_rows(state[start:end], MIN_ROWS)
+            if self.noisy:
+                kwargs["noise"] = nz
+            a, lp, st = self.policy.act(params.to(self.device), o, st, det, **kwargs)
+            k = end - start
+            acts.append(a[:k])
+            logps.append(lp[:k])
+            states.append(None if st is None else st[:k])
+        n_pad = obs.shape[0] - groups[-1][1]
+        act, logp = torch.cat(acts), torch.cat(logps)
+        if n_pad:  # keep the padded tail so shapes stay [rows, ...]
+            act = torch.cat([act, act.new_zeros((n_pad, *act.shape[1:]))])
+            logp = torch.cat([logp, logp.new_zeros(n_pad)])
+        new_state = None
+        if state is not None:
+            new_state = torch.cat(states + ([state[groups[-1][1] :]] if n_pad else []))
+        return act, logp, new_state
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    if x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))])
+
+
+class _Barrier:
+    """Plans' ``sample`` calls meet here; the calling thread steps them once all plans wait.
+
+    Plans take turns (``_turn``): one computes at a time, so they may share the policy's
+    module (``functional_call`` swaps its parameters in place, which threads must not do at
+    once); on one worker core nothing is lost, the point of the threads is the batching.
+    """
+
+    def __init__(self, plans: int):
+        self._cond = threading.Condition()
+        self._turn = threading.Lock()
+        self._running = plans
+        self._pending: list[_Request] = []
+        self._failure: BaseException | None = None
+
+    def enter(self) -> None:
+        self._turn.acquire()
+
+    def wait_for(self, request: _Request) -> Trajectories:
+        self._turn.release()
+        with self._cond:
+            if self._failure is None:
+                self._pending.append(request)
+                self._running -= 1
+                self._cond.notify_all()
+                while request.result is None and request.error is None:
+                    self._cond.wait()
+            error = request.error or self._failure
+        self._turn.acquire()
+        if error is not None:
+            raise RuntimeError("the batched rollout failed") from error
+        return request.result
+
+    def leave(self) -> None:
+        self._turn.release()
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
+    def next_batch(self) -> list[_Request] | None:
+        """Every waiting request once no plan is computing; None when all plans are done."""
+        with self._cond:
+            while self._running > 0:
+                self._cond.wait()
+            batch, self._pending = sorted(self._pending, key=lambda r: r.job), []
+        return batch or None
+
+    def deliver(
+        self, batch: list[_Request], results: list[Trajectories | None], error: BaseException | None, final: bool = False
+    ) -> None:
+        """Wake the plans of ``batch``; ``final``: the loop stops, later samples fail at once."""
+        with self._cond:
+            for request, result in zip(batch, results):
+                request.result, request.error = result, error
+            self._running += len(batch)
+            if final:
+                self._failure = error
+            self._cond.notify_all()
+
+class RolloutPool(WorkerPool):
+    """:class:`WorkerPool` (placement, replacement of dead or straggling actors, ordered
+    results) over rollout workers; parameters still go out once per call, by one ``ray.put``.
+
+    Tasks are cut into chunks of ``chunk_size`` (the unit a lost worker's shard is re-run
+    in); each worker steps all the tasks of its shard together.
+    """
+
+    worker_cls = RolloutWorker
+
+    def run_plan(
+        self, params: np.ndarray, tasks: Sequence[RolloutTask | TaskDescriptor], plan: Plan, chunk_size: int = 1
+    ) -> list[dict[str, Any]]:
+        """``plan``'s output for every task, in task order."""
+        if isinstance(params, torch.Tensor):
+            params = params.detach().cpu().numpy()
+        items = [
+            RolloutItem(i, tuple(tasks[start : start + chunk_size]), plan)
+            for i, start in enumerate(range(0, len(tasks), chunk_size))
+        ]
+        return [out for result in self.run(np.asarray(params, np.float32), items) for out in result.outputs]
+
+    def sample(
+        self,
+        params: np.ndarray,
+        tasks: Sequence[RolloutTask | TaskDescriptor],
+        episodes: int,
+        deterministic: bool = False,
+        chunk_size: int = 1,
+    ) -> list[Trajectories]:
+        plan = SamplePlan(episodes, deterministic)
+        return [out["trajectories"] for out in self.run_plan(params, tasks, plan, chunk_size)]
