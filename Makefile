@@ -29,6 +29,8 @@ bench: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/sinusoid_results.py
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/omniglot_iteration.py
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/omniglot_results.py
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/rollout_speed.py
+	RAY_AUTH_MODE=disabled $(BIN)/python bench/scaling.py
 
 clean:
 	rm -rf $(VENV) checkpoints mlruns mlflow.db
