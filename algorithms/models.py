@@ -18,12 +18,13 @@ from torch.func import functional_call
 from algorithms.params import ParamLayout
 
 
-def mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
-    """The MLP of Finn et al. 2017 for sinusoid regression (1-40-40-1, ReLU) when hidden=(40, 40)."""
+def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """The MLP of Finn et al. 2017 for sinusoid regression (1-40-40-1, ReLU) when hidden=(40, 40);
+    with ``nn.Tanh``, the policies of pytorch-maml-rl."""
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers += [nn.Linear(width, h), activation()]
         width = h
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)

@@ -22,26 +22,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.distributions import Categorical, Independent, Normal
 
-from algorithms.models import FunctionalModel
+from algorithms.models import FunctionalModel, mlp
 
 _LOG_2PI = math.log(2 * math.pi)
 MIN_LOG_STD = math.log(1e-6)  # pytorch-maml-rl's floor on the standard deviation
 
 
-def tanh_mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.Tanh()]
-        width = h
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
-
-
 class _GaussianNet(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], init_std: float):
         super().__init__()
-        self.mean = tanh_mlp(obs_dim, hidden, act_dim)
+        self.mean = mlp(obs_dim, hidden, act_dim, nn.Tanh)
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +139,7 @@ class CategoricalMLPPolicy(_MLPPolicy):
     def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int] = (64, 64)):
         if obs_dim < 1 or num_actions < 2:
             raise ValueError(f"need obs_dim >= 1 and num_actions >= 2, got {obs_dim}, {num_actions}")
-        super().__init__(tanh_mlp(obs_dim, tuple(hidden), num_actions))
+        super().__init__(mlp(obs_dim, tuple(hidden), num_actions, nn.Tanh))
         self.obs_dim, self.num_actions = obs_dim, num_actions
 
     def logits(self, params: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
