@@ -61,19 +61,20 @@ def bare(seconds: float) -> float:
     return sum(rates)
 
 
-def ours(seconds: float, envs: int) -> float:
+def ours(seconds: float, envs: int, workers: int = WORKERS) -> float:
+    """Steps per second of ``workers`` rollout workers (1 CPU each), ``envs`` episodes each per call."""
     from tasks.base import descriptors
     from workers import Resources
     from workers.rollout import MLPBuild, RolloutPool
 
     build = MLPBuild("half_cheetah_vel", hidden=(64, 64))
-    pool = RolloutPool(build, WORKERS, Resources(num_cpus=1, threads=1))
+    pool = RolloutPool(build, workers, Resources(num_cpus=1, threads=1))
     try:
         params = build()[1].init_params(0).numpy()
-        pool.sample(params, descriptors(0, "train", 0, WORKERS), episodes=envs)  # warm up: envs built once
+        pool.sample(params, descriptors(0, "train", 0, workers), episodes=envs)  # warm up: envs built once
         steps, calls, start = 0.0, 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            trajs = pool.sample(params, descriptors(0, "train", calls + 1, WORKERS), episodes=envs)
+            trajs = pool.sample(params, descriptors(0, "train", calls + 1, workers), episodes=envs)
             steps += sum(float(t.mask.sum()) for t in trajs)
             calls += 1
         return steps / elapsed

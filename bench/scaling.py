@@ -12,10 +12,12 @@ Each node is a raylet on the same machine, so N nodes need N free cores (plus th
 driver's): on a 2-core machine 2 nodes cannot scale perfectly. ``--nodes 1,2,4,8`` on a
 larger machine gives the same table up to its core count.
 
-Meta-RL rollout throughput: TODO. It needs the rollout workers (workers/rollout.py), which
-are not in the tree yet; the row will time environment steps per second the same way.
+Meta-RL rollout throughput: on the same nodes, one rollout worker per CPU
+(``bench/rollout_speed.py``'s ``ours``: HalfCheetahVel, a 64-64 Gaussian MLP, ``--envs``
+episodes per worker and call, trajectories shipped to the driver), environment steps per
+second over ``--seconds``.
 
-    python bench/scaling.py [--nodes 1,2] [--iterations 150]
+    python bench/scaling.py [--nodes 1,2] [--iterations 150] [--seconds 15]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from orchestrator.config import Config, from_dict  # noqa: E402
 from orchestrator.trainer import train  # noqa: E402
+from rollout_speed import ours as rollout_steps_per_second  # noqa: E402  (bench/ is on sys.path as a script)
 
 
 def job(workers: int, args: argparse.Namespace) -> Config:
@@ -67,6 +70,8 @@ def main() -> None:
     p.add_argument("--meta-batch", type=int, default=200)
     p.add_argument("--inner-steps", type=int, default=5)
     p.add_argument("--chunk", type=int, default=25)
+    p.add_argument("--seconds", type=float, default=15.0, help="rollout timing per node count")
+    p.add_argument("--envs", type=int, default=20, help="rollout episodes stepped together per worker")
     args = p.parse_args()
     counts = sorted({int(n) for n in args.nodes.split(",")})
 
@@ -83,12 +88,14 @@ def main() -> None:
             cluster.wait_for_nodes()
             t0 = time.perf_counter()
             s = seconds_per_iteration(job(n * args.cpus_per_node, args), workdir)
-            rows.append((n, s))
-            print(f"  {n} node(s): {1000 * s:.1f} ms/iteration ({time.perf_counter() - t0:.0f}s run)", flush=True)
+            rate = rollout_steps_per_second(args.seconds, args.envs, workers=n * args.cpus_per_node)
+            rows.append((n, s, rate))
+            print(f"  {n} node(s): {1000 * s:.1f} ms/iteration, {rate:.0f} rollout steps/s ({time.perf_counter() - t0:.0f}s)", flush=True)
     ray.shutdown()
     cluster.shutdown()
 
     base = rows[0][1] * rows[0][0]  # one node's time, scaled if the first count is not 1
+    base_rate = rows[0][2] / rows[0][0]
     print(
         f"\nsupervised: second-order MAML, sinusoid, meta-batch {args.meta_batch}, {args.inner_steps} inner steps, "
         f"chunks of {args.chunk}; {args.cpus_per_node} CPU and worker(s) per node; median of the last 80% of "
@@ -96,10 +103,15 @@ def main() -> None:
     )
     print("| worker nodes | ms / iteration | meta-iterations / s | speed-up | scaling efficiency |")
     print("|---|---|---|---|---|")
-    for n, s in rows:
+    for n, s, _ in rows:
         speedup = base / s
         print(f"| {n} | {1000 * s:.1f} | {1 / s:.2f} | {speedup:.2f} | {100 * speedup / n:.0f}% |")
-    print("| rollouts (meta-RL) | TODO: needs workers/rollout.py | | | |")
+    print(f"\nrollouts: HalfCheetahVel, 64-64 Gaussian MLP, {args.envs} episodes per worker and call, {args.seconds:g} s each")
+    print("| worker nodes | env steps / s | speed-up | scaling efficiency (target >= 90% at 2) |")
+    print("|---|---|---|---|")
+    for n, _, rate in rows:
+        speedup = rate / base_rate
+        print(f"| {n} | {rate:.0f} | {speedup:.2f} | {100 * speedup / n:.0f}% |")
 
 
 if __name__ == "__main__":
