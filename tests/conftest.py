@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import urllib.error
+import urllib.request
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -42,3 +45,31 @@ def tiny_config(**sections) -> Config:
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
     return from_dict(base, "(test)")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 with nothing listening on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on every interface (Ray's agents bind more than loopback)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))  # all held at once, so they differ
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers HTTP 200 within 2 s (a server's health or version endpoint)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import yaml
 from orchestrator import cli
 from orchestrator.config import Config, load_config
 from orchestrator.errors import UserError
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_S = 20.0  # well before Ray's or MLflow's own retries would give up
@@ -38,13 +38,6 @@ TINY = {
     "eval": {"tasks": 4, "steps": [1], "val_every": 1, "val_tasks": 2, "plot_tasks": 0},
     "checkpoint": {"every": 1},
 }
-
-
-def _free_port() -> int:
-    """A local port with nothing listening on it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sets(*overrides: str) -> list[str]:
@@ -216,8 +209,8 @@ SUBPROCESS = [
     ("train-malformed-set", lambda d: ["train", "tiny.yaml", *_sets("outer.lr")], ["outer.lr", "KEY=VALUE"]),
     ("train-resume-missing", lambda d: ["train", "tiny.yaml", "--resume", "missing.pt"], ["missing.pt"]),
     ("train-resume-corrupt", lambda d: ["train", "tiny.yaml", "--resume", _corrupt(d)], ["corrupt.pt", "not a readable metaorch checkpoint"]),
-    ("train-unreachable-ray", lambda d: ["train", "tiny.yaml", "--address", f"127.0.0.1:{_free_port()}"], ["Ray address 127.0.0.1:", "unreachable"]),
-    ("train-unreachable-tracking", lambda d: ["train", "tiny.yaml", "--tracking-uri", f"http://127.0.0.1:{_free_port()}"], ["http://127.0.0.1:", "unreachable"]),
+    ("train-unreachable-ray", lambda d: ["train", "tiny.yaml", "--address", f"127.0.0.1:{free_port()}"], ["Ray address 127.0.0.1:", "unreachable"]),
+    ("train-unreachable-tracking", lambda d: ["train", "tiny.yaml", "--tracking-uri", f"http://127.0.0.1:{free_port()}"], ["http://127.0.0.1:", "unreachable"]),
     ("eval-missing", lambda d: ["eval", "missing.pt"], ["missing.pt"]),
     ("eval-corrupt", lambda d: ["eval", _corrupt(d)], ["corrupt.pt", "not a readable metaorch checkpoint"]),
     ("config-show-out-of-range", lambda d: ["config", "show", "tiny.yaml", *_sets("algorithm.inner_lr=-1")], ["algorithm.inner_lr", "-1"]),
@@ -337,11 +330,11 @@ def test_eval_bad_checkpoint(job, main_rejects, make, needles):
     ids=["client-unreachable", "localhost-unreachable", "blackhole", "dashboard-url", "no-port"],
 )
 def test_train_bad_ray_address(main_rejects, address, needles):
-    main_rejects(["train", "tiny.yaml", "--address", address.format(port=_free_port())], needles)
+    main_rejects(["train", "tiny.yaml", "--address", address.format(port=free_port())], needles)
 
 
 def test_train_unreachable_ray_address_from_config_and_env(main_rejects, monkeypatch):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     main_rejects(["train", "tiny.yaml", *_sets(f"ray.address={address}")], [address, "unreachable"])
     monkeypatch.setenv("RAY_ADDRESS", address)
     main_rejects(["train", "tiny.yaml"], [address, "unreachable"])
@@ -349,7 +342,7 @@ def test_train_unreachable_ray_address_from_config_and_env(main_rejects, monkeyp
 
 @pytest.mark.parametrize("via", ["config", "eval"])
 def test_unreachable_tracking_uri(job, main_rejects, via):
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     args = ["train", "tiny.yaml", *_sets(f"tracking.uri={uri}")] if via == "config" else ["eval", _corrupt(job), "--tracking-uri", uri]
     main_rejects(args, [uri, "unreachable"])
 
@@ -365,7 +358,6 @@ def test_train_tracking_uri_in_missing_directory(main_rejects):
 )
 def test_eval_bad_arguments(main_rejects, args, needles):
     main_rejects(["eval", "missing.pt", *args], needles)
-
 
 
 # --- Omniglot data: bad archives are caught before Ray starts -----------------------------------

@@ -31,6 +31,8 @@ import jsonschema
 import pytest
 import yaml
 
+from conftest import free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 LOCAL_SH = CLUSTER / "local.sh"
@@ -395,19 +397,6 @@ def test_local_sh_is_valid_bash_and_rejects_bad_input():
     assert _local_sh("status", "--dir", missing, env=env).returncode == 1
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -455,7 +444,7 @@ def _connects(host: str, port: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_local_sh_starts_a_head_and_a_worker_node_and_stops_only_them(tmp_path):
-    port, dashboard_port, client_port = _free_ports(3)
+    port, dashboard_port, client_port = free_ports(3)
     # Short: Ray's socket paths under --temp-dir must fit in 107 bytes (tmp_path is too long).
     state = Path(tempfile.mkdtemp(prefix="mo-", dir="/tmp"))
     where = ["--port", str(port), "--dir", str(state)]

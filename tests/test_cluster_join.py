@@ -15,20 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def head():
     """``ray start --head --block``: ending that one process stops this head and nothing else."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     temp_dir = Path("/tmp") / f"ray-metaorch-{port}"  # short: Ray's socket paths must fit 107 bytes

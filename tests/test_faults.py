@@ -13,13 +13,10 @@ import functools
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ import ray
 import torch
 
 import faulty
-from conftest import tiny_config
+from conftest import answers, free_port, tiny_config
 from orchestrator.aggregation import chunk
 from orchestrator.components import build_components
 from orchestrator.tracking import Tracker
@@ -130,25 +127,11 @@ def test_node_added_mid_run_grows_an_elastic_pool(faults):
 OUTAGE_S = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 class MlflowServer:
     """``mlflow server`` (own sqlite store) that can be stopped and started on the same port."""
 
     def __init__(self, root: Path):
-        self.root, self.port = root, _free_port()
+        self.root, self.port = root, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -161,7 +144,7 @@ class MlflowServer:
             self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=self.root, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        while not _healthy(self.url):
+        while not answers(self.url + "/health"):
             assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "mlflow server did not come up"
             time.sleep(0.25)
@@ -247,7 +230,7 @@ def test_training_goes_on_through_a_60s_tracking_outage(ray_session, workdir, ml
 def test_dead_server_spills_past_the_buffer_bound(workdir, caplog):
     """Against a server that never answers, memory holds at most ``buffer_max`` steps; the rest is on disk."""
     caplog.set_level(logging.WARNING, logger="orchestrator.tracking")
-    tracker = Tracker(f"http://127.0.0.1:{_free_port()}", run_id="0" * 32, experiment_id="0",
+    tracker = Tracker(f"http://127.0.0.1:{free_port()}", run_id="0" * 32, experiment_id="0",
                       buffer_max=100, spill_dir=workdir / "spill")
     for step in range(1_000):
         tracker.log_metrics({"loss": float(step)}, step=step)

@@ -12,18 +12,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from cluster.jobs import wait_terminal
 from orchestrator import cli
+from conftest import answers, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -36,25 +34,6 @@ TINY = [
     "eval.tasks=10", "eval.steps=[1]", "eval.val_every=10", "eval.val_tasks=4", "eval.plot_tasks=0",
     "checkpoint.every=10", "tracking.experiment=submit-e2e",
 ]  # fmt: skip
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("", 0))  # free on every interface: Ray's agents bind more than loopback
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _pids(match) -> list[int]:
@@ -103,7 +82,7 @@ def _stop(proc: subprocess.Popen, marker: str | None = None) -> None:
 def services(tmp_path_factory):
     """(job API URL, MLflow URL, environment for CLI subprocesses)."""
     root = tmp_path_factory.mktemp("jobs")
-    gcs, dash, agent, client, mlflow_port = _free_ports(5)
+    gcs, dash, agent, client, mlflow_port = free_ports(5)
     temp_dir = f"/tmp/ray-mj-{gcs}"  # short: Ray's socket paths must fit in 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `metaorch` is this environment's
@@ -134,8 +113,8 @@ def services(tmp_path_factory):
         deadline = time.monotonic() + START_S
         while not (
             "Ray runtime started" in head_log.read_text(errors="replace")
-            and _answers(f"{job_api}/api/version")
-            and _answers(f"{tracking}/health")
+            and answers(f"{job_api}/api/version")
+            and answers(f"{tracking}/health")
         ):
             for p, log in ((head, head_log), (server, mlflow_log)):
                 assert p.poll() is None, f"{p.args[3]} exited:\n{log.read_text(errors='replace')[-3000:]}"

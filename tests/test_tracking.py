@@ -9,30 +9,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_config
+from conftest import answers, free_port, tiny_config
 from orchestrator.components import build_components
 from orchestrator.tracking import Tracker
 from tasks import descriptors
 
 SERVER_START_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _mlflow_bin() -> str:
@@ -45,19 +36,11 @@ def _mlflow_bin() -> str:
     return found
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` on a free local port; yields its URL and stops it at the end."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = root / "server.log"
     cmd = [
@@ -77,7 +60,7 @@ def mlflow_server(tmp_path_factory):
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + SERVER_START_S
-        while not _healthy(url):
+        while not answers(url + "/health"):
             if proc.poll() is not None:
                 pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
             if time.monotonic() > deadline:
@@ -264,7 +247,7 @@ def test_sink_never_blocks_training(workdir):
 def test_dead_server_never_blocks_logging_and_close_is_bounded(caplog):
     import mlflow.tracking  # noqa: F401  (time the client, not the first import of mlflow)
 
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.perf_counter()
     tracker = Tracker(url, run_id="0" * 32, experiment_id="0")
     assert time.perf_counter() - t0 < 2.0  # building the client does not talk to the server
