@@ -31,7 +31,7 @@ import yaml
 
 from orchestrator.config import Config, load_config
 from orchestrator.errors import UserError
-from orchestrator.preflight import TIMEOUT_S, check_tracking_uri, redact, resolve_tracking_uri, sqlite_path
+from orchestrator.preflight import TIMEOUT_S, check_tracking_uri, redact, sqlite_path, tracking_uri_for
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # the variable `ray job` reads too
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -130,7 +130,7 @@ def _config_in(config_path: str, working_dir: str) -> str:
 
 def tracking_uri(given: str | None, config: Config) -> str:
     """The URI the job logs to, as ``metaorch train`` would choose it, without a password in it."""
-    uri = resolve_tracking_uri(given or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.uri)
+    uri = tracking_uri_for(given, config.tracking.uri)
     if redact(uri) != uri:
         raise UserError(
             f"tracking URI {redact(uri)}: holds a password, which Ray would store with the job and show on "

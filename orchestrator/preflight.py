@@ -6,6 +6,7 @@ before Ray starts or an MLflow run is created, instead of after minutes of retri
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import urllib.error
@@ -57,6 +58,11 @@ def resolve_tracking_uri(uri: str) -> str:
     """
     path = sqlite_path(uri)
     return f"sqlite:///{path}" if path is not None else uri
+
+
+def tracking_uri_for(given: str | None, configured: str) -> str:
+    """The store a run logs to: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the config's."""
+    return resolve_tracking_uri(given or os.environ.get("MLFLOW_TRACKING_URI") or configured)
 
 
 def check_tracking_uri(uri: str) -> None:

@@ -34,7 +34,7 @@ from orchestrator.errors import UserError
 from orchestrator.evaluation import Estimates, accuracies, classification_test, estimate, meta_test
 from orchestrator.learner import Learner, RemoteLearner
 from orchestrator.plots import regression_predictions
-from orchestrator.preflight import check_ray_address, check_tracking_uri, resolve_tracking_uri, sqlite_path
+from orchestrator.preflight import check_ray_address, check_tracking_uri, sqlite_path, tracking_uri_for
 from orchestrator.session import check_capacity, learner_in_actor, ray_session, target_workers
 from orchestrator.tracking import Tracker, client
 from tasks.base import TaskFamily, descriptors
@@ -203,7 +203,7 @@ def train(
     ``run_id``: log into this existing, still empty run (``metaorch submit`` creates the run
     so that it can print its URL before the job starts).
     """
-    uri = resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.uri)
+    uri = tracking_uri_for(tracking_uri, config.tracking.uri)
     address = address or os.environ.get("RAY_ADDRESS") or config.ray.address
     check_tracking_uri(uri)
     check_ray_address(address)
@@ -404,7 +404,7 @@ def evaluate(
         raise UserError(f"--suite {suite!r}: expected one of {', '.join(SUITES)}")
     if suite == "omniglot-runs" and not runs:
         raise UserError("--suite omniglot-runs needs --runs DIR_OR_ZIP")
-    uri = resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or Config().tracking.uri)
+    uri = tracking_uri_for(tracking_uri, Config().tracking.uri)
     check_tracking_uri(uri)
     ckpt = resolve_checkpoint(source, uri, checkpoint_dir)
     config = from_dict(yaml.safe_load(ckpt.config_yaml), f"in checkpoint {source}")
