@@ -31,6 +31,7 @@ bench: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/omniglot_results.py
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/rollout_speed.py
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/scaling.py
+	for r in bandit navigation-maml navigation-pearl half-cheetah; do RAY_AUTH_MODE=disabled $(BIN)/python bench/meta_rl_results.py $$r || exit 1; done
 
 clean:
 	rm -rf $(VENV) checkpoints mlruns mlflow.db

@@ -6,6 +6,7 @@ The driver and every worker call the same function (workers get it as a picklabl
 
 from __future__ import annotations
 
+import numpy as np
 import torch.nn.functional as F
 
 from algorithms import GRADIENT_BASED, Conv4Classifier, FunctionalModel, MetaLearner, build_learner, mlp
@@ -74,3 +75,39 @@ def prepare_data(config: Config) -> None:
                 build_family(config, ways=ways, shots=shots, queries=e.queries).batch(descriptors(config.seed, "test", 0, 1))
     except DatasetError as exc:
         raise UserError(f"data.root={config.data.root}: {exc}") from None
+
+
+def build_env_family(config: Config):
+    """The config's meta-RL environment family (as RL² trials for rl2); bad options exit 2."""
+    from tasks.rl import EnvFamilyError, make_family  # gymnasium and MuJoCo load only for meta-RL jobs
+
+    try:
+        return make_family(config.task.name, config.task.trial_episodes, **config.task.options)
+    except EnvFamilyError as exc:
+        raise UserError(f"task.options={config.task.options}: {exc}") from None
+
+
+def build_policy(config: Config, family):
+    """The algorithm's policy, sized to the family's spaces: an MLP (maml_trpo), a GRU with a
+    value head (rl2) or PEARL's actor and context encoder; ``model.hidden`` sets the widths."""
+    from algorithms.rl import GRUPolicy, PEARLPolicy
+    from algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+
+    obs_dim = int(np.prod(family.observation_space.shape))
+    space = family.action_space
+    discrete = hasattr(space, "n")
+    act = {"num_actions": int(space.n)} if discrete else {"act_dim": int(np.prod(space.shape))}
+    name, hidden = config.algorithm.name, tuple(config.model.hidden)
+    if name == "rl2":
+        return GRUPolicy(obs_dim, hidden=hidden[0], **act)
+    if name == "pearl":
+        return PEARLPolicy(obs_dim, act["act_dim"], config.rl.pearl, space.low, space.high)
+    if discrete:
+        return CategoricalMLPPolicy(obs_dim, act["num_actions"], hidden)
+    return GaussianMLPPolicy(obs_dim, act["act_dim"], hidden)
+
+
+def build_rl(config: Config):
+    """(environment family, policy): what a rollout worker is built from."""
+    family = build_env_family(config)
+    return family, build_policy(config, family)

@@ -13,11 +13,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
+from algorithms.rl import MAMLTRPOConfig, PEARLConfig, PPOConfig
 from orchestrator.errors import UserError
 from orchestrator.preflight import redact
 
 
 DRAWINGS = 20  # Omniglot: drawings per character
+SUPERVISED_TASKS = ("sinusoid", "omniglot")
+RL_TASKS = ("half_cheetah_vel", "half_cheetah_dir", "ant_dir", "ant_goal", "navigation_2d", "bandit", "tabular_mdp")
+RL_ALGORITHMS = ("maml_trpo", "rl2", "pearl")
 
 
 class Section(BaseModel):
@@ -25,7 +29,14 @@ class Section(BaseModel):
 
 
 class TaskConfig(Section):
-    name: Literal["sinusoid", "omniglot"] = "sinusoid"
+    name: Literal[
+        "sinusoid", "omniglot",
+        "half_cheetah_vel", "half_cheetah_dir", "ant_dir", "ant_goal", "navigation_2d", "bandit", "tabular_mdp",
+    ] = "sinusoid"  # fmt: skip
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="meta-RL: the environment family's options, e.g. {low: 0, high: 3} for half_cheetah_vel"
+    )
+    trial_episodes: int | None = Field(None, ge=1, le=10_000, description="rl2: episodes per trial (bandits: pulls)")
     shots: int = Field(10, ge=1, le=10_000, description="K: support examples per task (per class when classifying)")
     queries: int = Field(10, ge=1, le=10_000, description="query examples per task (per class) in meta-training")
     ways: int = Field(5, ge=2, le=10_000, description="N: classes per episode (classification)")
@@ -58,7 +69,10 @@ ANY_WAYS = ("protonet", "matching", "siamese")  # no N-unit output layer: evalua
 
 
 class AlgorithmConfig(Section):
-    name: Literal["maml", "fomaml", "metasgd", "reptile", "anil", "protonet", "matching", "siamese", "mann", "snail"] = "maml"
+    name: Literal[
+        "maml", "fomaml", "metasgd", "reptile", "anil", "protonet", "matching", "siamese", "mann", "snail",
+        "maml_trpo", "rl2", "pearl",
+    ] = "maml"  # fmt: skip
     inner_lr: float = Field(0.01, gt=0, le=10)
     inner_steps: int = Field(1, ge=1, le=1000)
     first_order: bool = Field(False, description="ANIL: drop second-order terms")
@@ -81,6 +95,7 @@ class OuterConfig(Section):
     final_lr: float | None = Field(None, ge=0, le=100, description="anneal linearly to this (Reptile's epsilon)")
     meta_batch: int = Field(25, ge=1, le=100_000)
     iterations: int = Field(10_000, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="stop after the iteration that passes this much training time")
 
 
 class WorkersConfig(Section):
@@ -113,9 +128,21 @@ class WorkersConfig(Section):
         raise ValueError("must be an integer from 1 to 10000, or auto")
 
 
+class RLConfig(Section):
+    """Meta-RL hyperparameters: the algorithms' own config classes, so defaults live in one place."""
+
+    maml_trpo: MAMLTRPOConfig = Field(default_factory=MAMLTRPOConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="rl2's PPO")
+    pearl: PEARLConfig = Field(default_factory=PEARLConfig)
+
+
 class EvalConfig(Section):
     tasks: int = Field(600, ge=2)
     steps: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    task_params: list[dict[str, Any]] | None = Field(
+        None, description="meta-RL: explicit held-out tasks (e.g. [{velocity: 2.5}, ...]) instead of eval.tasks drawn ones"
+    )
+    episodes: int = Field(3, ge=2, le=10_000, description="pearl: meta-test episodes per task (the first with z from the prior)")
     queries: int = Field(100, ge=1)
     ways: list[int] | None = Field(None, description="classification meta-test N (default: task.ways)")
     shots: list[int] | None = Field(None, description="classification meta-test K (default: task.shots)")
@@ -184,6 +211,7 @@ class Config(Section):
     outer: OuterConfig = Field(default_factory=OuterConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -193,6 +221,15 @@ class Config(Section):
     def _consistent(self) -> Config:
         """Combinations no section can check alone, rejected before anything starts."""
         t, a, e = self.task, self.algorithm.name, self.eval
+        if (t.name in RL_TASKS) != (a in RL_ALGORITHMS):
+            raise ValueError(
+                f"algorithm.name={a!r} does not apply to task.name={t.name!r}: meta-RL tasks ({', '.join(RL_TASKS)}) "
+                f"take {', '.join(RL_ALGORITHMS)}; {', '.join(SUPERVISED_TASKS)} take the others"
+            )
+        if t.name in RL_TASKS:
+            return self._consistent_rl()
+        if t.options or t.trial_episodes is not None or e.task_params is not None:
+            raise ValueError(f"task.options, task.trial_episodes and eval.task_params apply to meta-RL tasks, not task.name={t.name!r}")
         if a != "reptile" and (self.algorithm.inner_optimizer != "sgd" or self.algorithm.inner_batch is not None):
             raise ValueError(f"algorithm.inner_optimizer and algorithm.inner_batch apply to reptile, not algorithm.name={a!r}")
         if t.name == "sinusoid":
@@ -213,6 +250,26 @@ class Config(Section):
                 f"and max(eval.shots) + eval.queries = {shots + e.queries} must both be <= {DRAWINGS}"
             )
         return self
+
+    def _consistent_rl(self) -> Config:
+        t, a = self.task, self.algorithm.name
+        if a == "rl2" and t.trial_episodes is None:
+            raise ValueError("algorithm.name='rl2' needs task.trial_episodes: the episodes of a trial (bandits: pulls)")
+        if a != "rl2" and t.trial_episodes is not None:
+            raise ValueError(f"task.trial_episodes applies to rl2, not algorithm.name={a!r}")
+        if a == "pearl" and t.name in ("bandit", "tabular_mdp"):
+            raise ValueError(f"algorithm.name='pearl' needs continuous actions; task.name={t.name!r} has discrete ones")
+        if a == "rl2" and len(self.model.hidden) != 1:
+            raise ValueError(f"model.hidden={self.model.hidden}: rl2's GRU takes one width, e.g. [256]")
+        moved = [k for k in ("optimizer", "lr", "final_lr") if getattr(self.outer, k) != OuterConfig.model_fields[k].default]
+        if moved:
+            raise ValueError(
+                f"outer.{moved[0]} does not apply to {a}: its step is set in rl.maml_trpo (max_kl), rl.ppo.lr or rl.pearl.lr"
+            )
+        return self
+
+    def is_rl(self) -> bool:
+        return self.task.name in RL_TASKS
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -264,7 +321,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             lines.append(f"{field}: unknown key")
         else:
             msg = err["msg"].removeprefix("Value error, ")

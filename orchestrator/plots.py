@@ -1,8 +1,9 @@
-"""Pictures for the MLflow run: what the meta-model predicts before and after adapting."""
+"""Pictures for the MLflow run: what the meta-model predicts before and after adapting, and
+meta-RL adaptation curves."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -40,5 +41,23 @@ def regression_predictions(
         ax.plot(sx[:, 0], sy[:, 0], "k^", ms=5, label=f"{len(sx)} support points")
         ax.set_title(f"held-out task {tasks[i].index}")
     axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def adaptation_curve(returns: Mapping[str, object], xlabel: str, title: str):
+    """Mean return with its 95% CI at each adaptation step or trial episode, one line per
+    curve in ``returns`` (name -> list of Estimates in order)."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for i, (name, estimates) in enumerate(returns.items()):
+        xs = list(range(len(estimates))) if xlabel == "adaptation step" else list(range(1, len(estimates) + 1))
+        means = [e.mean for e in estimates]
+        half = [e.ci95 for e in estimates]
+        ax.errorbar(xs, means, yerr=half, marker="o", capsize=3, color=f"C{i}", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("return (mean, 95% CI over tasks)")
+    ax.set_xticks(xs)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

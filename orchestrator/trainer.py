@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,18 +28,21 @@ import yaml
 from algorithms.base import MetaLearner
 from orchestrator import checkpoint as ckpt_io
 from orchestrator.aggregation import chunk, reduce_in_order
-from orchestrator.components import build_components, prepare_data
-from orchestrator.config import ANY_WAYS, Config, from_dict
+from orchestrator.components import build_components, build_env_family, build_rl, prepare_data
+from orchestrator.config import ANY_WAYS, Config, OuterConfig, from_dict
 from orchestrator.console import Progress
 from orchestrator.errors import UserError
 from orchestrator.evaluation import Estimates, accuracies, classification_test, estimate, meta_test
 from orchestrator.learner import Learner, RemoteLearner
-from orchestrator.plots import regression_predictions
+from orchestrator.plots import adaptation_curve, regression_predictions
+from orchestrator.rl_evaluation import curve_label, rl_meta_test, test_tasks as rl_test_tasks
+from orchestrator.rl_training import RLRunner, build_runner, initial_params
 from orchestrator.preflight import check_ray_address, check_tracking_uri, sqlite_path, tracking_uri_for
 from orchestrator.session import check_capacity, learner_in_actor, ray_session, target_workers
 from orchestrator.tracking import Tracker, client
 from tasks.base import TaskFamily, descriptors
 from workers.pool import Resources, WorkerPool
+from workers.rollout import RolloutPool
 
 log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -210,10 +214,17 @@ def train(
     if run_id is not None:
         _check_empty_run(uri, run_id, resume)
     start = resolve_checkpoint(resume, uri, config.checkpoint.dir) if resume else None
-    prepare_data(config)
-
-    family, learner_fn = build_components(config)
-    meta_params = learner_fn.init_meta_params(config.seed)
+    if config.is_rl():
+        if config.learner.placement == "actor":
+            raise UserError("learner.placement='actor': meta-RL learners run in the driver (on its GPU when it has one)")
+        family: Any = build_env_family(config)
+        rl_test_tasks(config, family)  # explicit meta-test tasks are checked before training, not after
+        learner_fn = None
+        meta_params = initial_params(config, family)
+    else:
+        prepare_data(config)
+        family, learner_fn = build_components(config)
+        meta_params = learner_fn.init_meta_params(config.seed)
     if start is not None:
         if start.meta_params.shape != meta_params.shape:
             raise UserError(
@@ -229,21 +240,16 @@ def train(
 
     with ray_session(address, config.ray.num_cpus):
         w = config.workers
-        remote = learner_in_actor(config.learner, w)
+        remote = learner_fn is not None and learner_in_actor(config.learner, w)
         size = check_capacity(w, reserved_gpus=config.learner.num_gpus if remote else 0.0)
-        learner = RemoteLearner(meta_params, config.outer, config.learner.num_gpus) if remote else Learner(meta_params, config.outer)
+        if learner_fn is None:
+            learner: Any = build_runner(config, family, meta_params)
+        else:
+            learner = RemoteLearner(meta_params, config.outer, config.learner.num_gpus) if remote else Learner(meta_params, config.outer)
         if start is not None:
             learner.load_state_dict(start.optimizer)
             torch.set_rng_state(start.torch_rng)
-        pool = WorkerPool(
-            partial(build_components, config),
-            size,
-            Resources(num_cpus=w.num_cpus, num_gpus=w.num_gpus, threads=w.threads),
-            max_restarts=w.max_restarts,
-            transport=w.transport,
-            placement=w.placement,
-            shard_timeout_s=w.shard_timeout_s,
-        )
+        pool = _pool(config, size)
         try:
             tracker = Tracker.start(
                 uri,
@@ -254,10 +260,113 @@ def train(
                 spill_root=config.checkpoint.dir,
             )
             with _sigterm_as_exit():
+                if learner_fn is None:
+                    return _rl_loop(config, learner, pool, tracker, start.iteration if start else 0, progress)
                 return _loop(config, family, learner_fn, learner, pool, tracker, start.iteration if start else 0, progress)
         finally:
             pool.shutdown()
-            learner.close()
+            if learner_fn is not None:
+                learner.close()
+
+
+def _pool(config: Config, size: int) -> WorkerPool:
+    """Rollout workers for meta-RL, meta-learning workers otherwise; same placement and faults."""
+    w = config.workers
+    cls, build = (RolloutPool, partial(build_rl, config)) if config.is_rl() else (WorkerPool, partial(build_components, config))
+    return cls(
+        build,
+        size,
+        Resources(num_cpus=w.num_cpus, num_gpus=w.num_gpus, threads=w.threads),
+        max_restarts=w.max_restarts,
+        transport=w.transport,
+        placement=w.placement,
+        shard_timeout_s=w.shard_timeout_s,
+    )
+
+
+def _save(config: Config, tracker: Tracker, done: int, params: torch.Tensor, state: dict[str, Any]) -> Path:
+    """Checkpoint ``done`` iterations to disk and to the run's artifacts."""
+    ckpt_dir = Path(config.checkpoint.dir) / tracker.run_id
+    ckpt = ckpt_io.Checkpoint(done, params, state, torch.get_rng_state(), tracker.run_id, config.to_yaml())
+    path = ckpt_io.save(ckpt, ckpt_dir)
+    tracker.log_artifact(str(path), "checkpoints")
+    tracker.log_artifact(str(ckpt_dir / ckpt_io.LATEST), "checkpoints")
+    return path
+
+
+def _out_of_time(outer: OuterConfig, started: float) -> bool:
+    return outer.max_minutes is not None and time.perf_counter() - started >= 60 * outer.max_minutes
+
+
+def _start_logging(config: Config, tracker: Tracker, first: int) -> set[tuple[str, int]]:
+    """Params (or the resume tag) and config.yaml; returns the (metric, step) pairs already logged."""
+    if first == 0:
+        tracker.log_params(config.flat())
+    else:
+        tracker.set_tags({"metaorch.resumed_at_iteration": str(first)})
+    tracker.log_text(config.to_yaml(), "config.yaml")
+    return _logged_after(tracker, first)
+
+
+def _rl_loop(config: Config, runner: RLRunner, pool: RolloutPool, tracker: Tracker, first: int, progress: bool) -> RunResult:
+    """Meta-RL iterations ``first`` .. ``outer.iterations``, then the checkpoint and the meta-test."""
+    o, w = config.outer, config.workers
+    logged = _start_logging(config, tracker, first)
+    bar = Progress(o.iterations, initial=first, enabled=progress)
+    done, last_saved = first, first
+    next_grow = time.monotonic() + w.grow_every_s
+    started = time.perf_counter()
+    try:
+        for it in range(first, o.iterations):
+            if w.num_workers == "auto" and time.monotonic() >= next_grow:
+                pool.grow(target_workers(w))
+                next_grow = time.monotonic() + w.grow_every_s
+            t0 = time.perf_counter()
+            metrics = runner.iteration(pool, it)
+            done = it + 1
+            metrics["time/iteration_s"] = time.perf_counter() - t0
+            metrics["workers/restarts"] = pool.restarts
+            if done % config.tracking.log_every == 0 or done == o.iterations:
+                tracker.log_metrics({k: v for k, v in metrics.items() if (k, done) not in logged}, step=done)
+            bar.update(done, {k.removeprefix("train/"): v for k, v in metrics.items() if k.startswith("train/")})
+            if _out_of_time(o, started):
+                break
+            if done % config.checkpoint.every == 0 and done < o.iterations:
+                _save(config, tracker, done, runner.worker_params(), runner.state_dict())
+                last_saved = done
+    except BaseException:
+        bar.close()
+        if done > last_saved:
+            path = _save(config, tracker, done, runner.worker_params(), runner.state_dict())
+            print(f"[metaorch] interrupted; saved checkpoint at iteration {done}: {path}", flush=True)
+        tracker.close(status="KILLED")
+        raise
+    bar.close()
+    train_seconds = time.perf_counter() - started
+    final = _save(config, tracker, done, runner.worker_params(), runner.state_dict())
+    if ("time/train_s", done) not in logged:
+        tracker.log_metrics({"time/train_s": train_seconds}, step=done)
+    params = runner.worker_params()
+    result = RunResult(tracker.run_id, tracker.uri, params.clone(), done, final, pool.restarts, train_seconds)
+    if config.eval.at_end:
+        estimates, _ = rl_meta_test(config, params, pool)
+        result.test = estimates
+        result.test_run_id = _log_nested(config, tracker.uri, tracker.run_id, "meta-test", lambda t: _log_rl_meta_test(t, config, estimates))
+    tracker.close()
+    return result
+
+
+def _log_rl_meta_test(tracker: Tracker, config: Config, estimates: Estimates) -> None:
+    """Per-step (or per-episode) returns as metrics, also as one curve over steps, and its PNG."""
+    tasks = len(config.eval.task_params) if config.eval.task_params is not None else config.eval.tasks
+    tracker.log_params({"tasks": tasks, "curve": curve_label(config)})
+    curve = [est for key, est in estimates.items() if key != "return_trial"]
+    first = 0 if config.algorithm.name == "maml_trpo" else 1
+    for k, est in enumerate(curve):
+        tracker.log_metrics({"test/return": est.mean, "test/return_ci95": est.ci95}, step=k + first)
+    tracker.log_metrics({f"test/{key}": est.mean for key, est in estimates.items()} | {f"test/{key}_ci95": est.ci95 for key, est in estimates.items()}, step=0)
+    title = f"{config.algorithm.name} on {config.task.name}: {tasks} held-out tasks"
+    tracker.log_figure(adaptation_curve({config.algorithm.name: curve}, curve_label(config), title), "adaptation_curve.png")
 
 
 @contextmanager
@@ -289,22 +398,12 @@ def _loop(
 ) -> RunResult:
     """Iterations ``first`` .. ``outer.iterations``, then the final checkpoint, meta-test, plot and model."""
     o, e = config.outer, config.eval
-    ckpt_dir = Path(config.checkpoint.dir) / tracker.run_id
-    if first == 0:
-        tracker.log_params(config.flat())
-    else:
-        tracker.set_tags({"metaorch.resumed_at_iteration": str(first)})
-    logged = _logged_after(tracker, first)
-    tracker.log_text(config.to_yaml(), "config.yaml")
+    logged = _start_logging(config, tracker, first)
     val_tasks = descriptors(config.seed, "val", 0, e.val_tasks)
     bar = Progress(o.iterations, initial=first, enabled=progress)
 
     def save(done: int) -> Path:
-        state = ckpt_io.Checkpoint(done, learner.cpu_params(), learner.state_dict(), torch.get_rng_state(), tracker.run_id, config.to_yaml())
-        path = ckpt_io.save(state, ckpt_dir)
-        tracker.log_artifact(str(path), "checkpoints")
-        tracker.log_artifact(str(ckpt_dir / ckpt_io.LATEST), "checkpoints")
-        return path
+        return _save(config, tracker, done, learner.cpu_params(), learner.state_dict())
 
     done, last_saved = first, first
     w = config.workers
@@ -347,6 +446,8 @@ def _loop(
             elif "train/loss_pre" in metrics:
                 shown = {"pre": metrics["train/loss_pre"]} | shown
             bar.update(done, shown | {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")})
+            if _out_of_time(o, started):
+                break
             if done % config.checkpoint.every == 0 and done < o.iterations:
                 save(done)
                 last_saved = done
@@ -417,6 +518,17 @@ def evaluate(
         except Exception:
             log.warning("training run %s is not in %s; the evaluation is not logged", parent, uri)
             parent = None
+    if suite == "meta-test" and config.is_rl():
+        config = config.model_copy(update={"eval": config.eval.model_copy(update={"tasks": tasks, "steps": steps})})
+        rl_tasks = rl_test_tasks(config)
+        with ray_session(os.environ.get("RAY_ADDRESS") or config.ray.address, config.ray.num_cpus):
+            pool = _pool(config, check_capacity(config.workers))
+            try:
+                estimates, _ = rl_meta_test(config, ckpt.meta_params, pool, rl_tasks)
+            finally:
+                pool.shutdown()
+        run_id = _log_nested(config, uri, parent, "meta-test", lambda t: _log_rl_meta_test(t, config, estimates))
+        return EvalResult(estimates, run_id, parent)
     if suite == "meta-test":
         estimates, run_id = _meta_test_run(config, ckpt.meta_params, uri, parent, tasks, steps)
         return EvalResult(estimates, run_id, parent)
@@ -463,6 +575,8 @@ def print_estimates(estimates: Estimates) -> None:
     for key, est in estimates.items():
         if isinstance(key, int):
             print(f"meta-test MSE after {key} inner step(s): {est} (95% CI, {est.n} tasks)")
+        elif key.startswith("return"):
+            print(f"meta-test {key}: {est.mean:.3f} +/- {est.ci95:.3f} (95% CI, {est.n} tasks)")
         else:
             print(f"meta-test {key}: {est} (95% CI, {est.n} episodes)")
 

@@ -161,6 +161,13 @@ BAD_VALUES = [
     ("bad-choice", None, ["algorithm.name=sgd"], ["algorithm.name", "sgd"]),
     ("bad-list-item", None, ["eval.steps=[1, -5]"], ["eval.steps", "-5"]),
     ("empty-list", None, ["model.hidden=[]"], ["model.hidden", "[]"]),
+    ("rl-task-supervised-algorithm", None, ["task.name=navigation_2d"], ["algorithm.name", "'maml'", "navigation_2d"]),
+    ("rl2-without-trials", None, ["task.name=bandit", "algorithm.name=rl2", "model.hidden=[8]"], ["task.trial_episodes"]),
+    ("rl-unknown-key", None, ["rl.ppo.lrr=1"], ["rl.ppo.lrr", "unknown key"]),
+    ("rl-wrong-type", None, ["rl.maml_trpo.inner_lr=fast"], ["rl.maml_trpo.inner_lr", "fast"]),
+    ("pearl-discrete-actions", None, ["task.name=bandit", "algorithm.name=pearl"], ["pearl", "bandit"]),
+    ("rl-outer-lr", None, ["task.name=navigation_2d", "algorithm.name=maml_trpo", "outer.lr=0.1"], ["outer.lr", "maml_trpo"]),
+    ("rl-options-on-sinusoid", None, ["task.options={arms: 3}"], ["task.options", "sinusoid"]),
 ]
 
 MALFORMED = [

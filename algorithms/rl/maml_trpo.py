@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
@@ -301,3 +302,26 @@ class MAMLPlan:
         )
         post = sample(adapted, c.episodes_per_task)
         return {"pre": pre, "post": post, "pre_returns": pre.returns(), "post_returns": post.returns()}
+
+
+@dataclass(frozen=True)
+class MAMLTestPlan:
+    """Meta-test: mean episode return after 0, 1, ..., ``steps`` adaptation steps, each step
+    a policy-gradient step on fresh episodes at the current θ′ (Finn et al.'s RL evaluation)."""
+
+    policy: Any
+    config: MAMLTRPOConfig = MAMLTRPOConfig()
+    steps: int = 1
+
+    def __call__(self, sample: Sample, params: torch.Tensor) -> dict[str, Any]:
+        c = self.config
+        theta, returns = params.detach(), []
+        for k in range(self.steps + 1):
+            episodes = sample(theta, c.episodes_per_task)
+            returns.append(float(episodes.returns().mean()))
+            if k < self.steps:
+                theta = adapt(
+                    self.policy, theta, episodes, c.inner_lr, first_order=True, steps=c.inner_steps,
+                    gamma=c.gamma, gae_lambda=c.gae_lambda, normalize_advantages=c.normalize_advantages,
+                )  # fmt: skip
+        return {"returns": np.asarray(returns)}

@@ -60,6 +60,9 @@ class PEARLConfig:
     buffer_capacity: int = 100_000  # per task, RL and encoder buffers each
     prior_episodes: int = 2  # per task and iteration, z ~ prior (into both buffers)
     posterior_episodes: int = 2  # z ~ posterior(context so far) (RL buffer only)
+    train_tasks: int = 100  # the fixed set of training tasks whose buffers fill over the run
+    tasks_per_iteration: int = 5  # tasks collected per iteration (all of them in the first)
+    updates_per_iteration: int = 500  # gradient steps per iteration, each on outer.meta_batch tasks
 
 
 # -- the latent posterior ----------------------------------------------------------------
@@ -350,6 +353,20 @@ class PEARL:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.replay = MultiTaskReplay(c.buffer_capacity, obs_dim, act_dim)
         self.encoder_replay = MultiTaskReplay(c.buffer_capacity, obs_dim, act_dim)
+
+    _STATE = ("actor", "encoder", "q1", "q2", "q1_target", "q2_target", "actor_opt", "q_opt", "encoder_opt")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, target networks, optimisers and the noise generator (not the replay
+        buffers: a resumed run collects its training tasks afresh)."""
+        state: dict[str, Any] = {name: getattr(self, name).state_dict() for name in self._STATE}
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self._STATE:
+            getattr(self, name).load_state_dict(state[name])
+        self.generator.set_state(state["generator"])
 
     # -- parameters for the workers ---------------------------------------------------------
     def worker_params(self) -> torch.Tensor:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -264,3 +265,14 @@ class RL2Plan:
     def __call__(self, sample: Sample, params: torch.Tensor) -> dict[str, Any]:
         traj = sample(params, self.trials)
         return {"trials": traj, "returns": traj.returns()}
+
+
+def trial_episode_returns(trials: Trajectories, episodes: int) -> np.ndarray:
+    """[trials, episodes]: each inner episode's return, split at the done flag the trial
+    wrapper puts last in the observation that follows an episode's end."""
+    flags = trials.observations[..., -1] * trials.mask  # [T, N]
+    episode = np.minimum(np.cumsum(flags, axis=0).astype(np.int64), episodes - 1)
+    out = np.zeros((trials.episodes, episodes))
+    for n in range(trials.episodes):
+        np.add.at(out[n], episode[:, n], trials.rewards[:, n] * trials.mask[:, n])
+    return out

@@ -46,7 +46,8 @@ class Trajectories:
         return (self.rewards * self.mask).sum(0)
 
     def to_torch(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        return {f.name: torch.as_tensor(getattr(self, f.name), device=device) for f in fields(self)}
+        # arrays from the object store are read-only; torch wants writable memory
+        return {f.name: torch.as_tensor(np.require(getattr(self, f.name), requirements="W"), device=device) for f in fields(self)}
 
 
 class Policy(Protocol):

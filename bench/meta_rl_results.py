@@ -1,0 +1,150 @@
+"""Meta-RL results (issue 4): trains a shipped config through the product's API, meta-tests it
+on held-out tasks, computes the comparison the target names in the same run, and prints both.
+
+    python bench/meta_rl_results.py bandit            # RL² vs Thompson sampling and UCB1
+    python bench/meta_rl_results.py navigation-maml   # MAML-TRPO: pre vs post adaptation
+    python bench/meta_rl_results.py navigation-pearl  # PEARL vs an oracle that knows the goal
+    python bench/meta_rl_results.py half-cheetah      # MAML-TRPO on HalfCheetahVel, learning curves
+Add ``--set KEY=VALUE`` to change the config (e.g. ``--set outer.max_minutes=5``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator import load_config, train  # noqa: E402
+from orchestrator.components import build_env_family  # noqa: E402
+from orchestrator.evaluation import Estimate, estimate  # noqa: E402
+from orchestrator.rl_evaluation import test_tasks  # noqa: E402
+
+CONFIGS = {
+    "bandit": "bandit_rl2.yaml",
+    "navigation-maml": "navigation_maml_trpo.yaml",
+    "navigation-pearl": "navigation_pearl.yaml",
+    "half-cheetah": "half_cheetah_vel_maml_trpo.yaml",
+}
+
+
+def thompson(probs: np.ndarray, pulls: int, rng: np.random.Generator) -> float:
+    wins, losses, total = np.ones(len(probs)), np.ones(len(probs)), 0.0
+    for _ in range(pulls):
+        arm = int(np.argmax(rng.beta(wins, losses)))
+        r = float(rng.random() < probs[arm])
+        wins[arm] += r
+        losses[arm] += 1 - r
+        total += r
+    return total
+
+
+def ucb1(probs: np.ndarray, pulls: int, rng: np.random.Generator) -> float:
+    k = len(probs)
+    counts, sums, total = np.zeros(k), np.zeros(k), 0.0
+    for t in range(pulls):
+        if t < k:
+            arm = t
+        else:
+            arm = int(np.argmax(sums / counts + np.sqrt(2 * np.log(t) / counts)))
+        r = float(rng.random() < probs[arm])
+        counts[arm] += 1
+        sums[arm] += r
+        total += r
+    return total
+
+
+def oracle_navigation_return(env, goal: np.ndarray) -> float:
+    """Straight at the goal, as fast as the action clip allows, until the episode ends."""
+    pos, _ = env.reset(seed=0)
+    total = 0.0
+    for _ in range(env.horizon):
+        pos, reward, terminated, truncated, _ = env.step(np.clip(goal - pos, -env.max_step, env.max_step).astype(np.float32))
+        total += reward
+        if terminated or truncated:
+            break
+    return total
+
+
+def show(name: str, est: Estimate) -> str:
+    return f"{name}: {est.mean:.3f} +/- {est.ci95:.3f} (95% CI, {est.n} tasks)"
+
+
+def learning_curves(run_id: str, uri: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for key, label in (("train/return_pre", "before adaptation"), ("train/return_post", "after 1 step")):
+        hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        ax.plot([m.step for m in hist], [m.value for m in hist], label=label)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("mean return (training tasks)")
+    ax.set_title("MAML-TRPO on HalfCheetahVel, 2 CPU cores", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"learning curves: {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("result", choices=sorted(CONFIGS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", default="bench_out", help="tracking store and checkpoints go here")
+    parser.add_argument("--curve", default=str(ROOT / "docs" / "half_cheetah_vel_curve.png"))
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)
+    config = load_config(ROOT / "configs" / CONFIGS[args.result], args.overrides)
+    uri = f"sqlite:///{out}/mlflow.db"
+    t0 = time.perf_counter()
+    run = train(config, tracking_uri=uri, progress=False)
+    print(f"{args.result}: {run.iterations} iterations, {run.train_seconds / 60:.1f} min of training, run {run.run_id}")
+    test = run.test
+    if args.result == "bandit":
+        family = build_env_family(config)
+        pulls = config.task.trial_episodes
+        probs = [family.task(t.descriptor)["probs"] for t in test_tasks(config)]
+        rng = np.random.default_rng(12345)
+        ts = estimate(np.array([thompson(p, pulls, rng) for p in probs]))
+        ucb = estimate(np.array([ucb1(p, pulls, rng) for p in probs]))
+        rl2 = test["return_trial"]
+        print(show("RL2 total reward", rl2))
+        print(show("Thompson sampling", ts))
+        print(show("UCB1", ucb))
+        print(f"RL2 / Thompson = {rl2.mean / ts.mean:.3f} (target >= 0.95); RL2 - UCB1 = {rl2.mean - ucb.mean:+.2f} (target > 0)")
+    elif args.result in ("navigation-maml", "half-cheetah"):
+        pre, post = test["return_step_0"], test["return_step_1"]
+        for key, est in test.items():
+            print(show(key, est))
+        if args.result == "navigation-maml":
+            print(f"|post| / |pre| = {abs(post.mean) / abs(pre.mean):.3f} (target <= 0.5)")
+        else:
+            print(f"post - pre = {post.mean - pre.mean:+.1f}; CIs overlap: {pre.mean + pre.ci95 >= post.mean - post.ci95} (target: no)")
+            learning_curves(run.run_id, uri, Path(args.curve))
+    else:
+        family = build_env_family(config)
+        goals = [family.task(t.descriptor)["goal"] for t in test_tasks(config)]
+        oracle = estimate(np.array([oracle_navigation_return(family.build({"goal": g}), g) for g in goals]))
+        for key, est in test.items():
+            print(show(key, est))
+        print(show("oracle (knows the goal)", oracle))
+        after = test["return_episode_2"]
+        print(f"PEARL after its context episode / oracle = {after.mean / oracle.mean:.3f} (target <= 1.2)")
+    print(f"wall time {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

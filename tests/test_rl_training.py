@@ -1,0 +1,138 @@
+"""Meta-RL through the product's API: config -> rollout pool -> learner -> MLflow -> meta-test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from algorithms.rl import Trajectories
+from algorithms.rl.rl2 import trial_episode_returns
+from orchestrator import evaluate, train
+from orchestrator.config import from_dict
+from orchestrator.tracking import client
+
+QUIET = {"at_end": False}
+
+
+def rl_config(task: dict, algorithm: str, **sections):
+    base = {
+        "task": task,
+        "algorithm": {"name": algorithm},
+        "model": {"hidden": [16, 16]},
+        "outer": {"meta_batch": 4, "iterations": 2},
+        "workers": {"num_workers": 2, "num_cpus": 0.5, "chunk_size": 1},
+        "eval": {"tasks": 4, "steps": [2], "episodes": 3},
+        "checkpoint": {"every": 1},
+        "rl": {
+            "maml_trpo": {"episodes_per_task": 4},
+            "ppo": {"epochs": 2, "minibatches": 2},
+            "pearl": {
+                "hidden": [16, 16], "encoder_hidden": [16], "train_tasks": 4, "tasks_per_iteration": 2,
+                "updates_per_iteration": 3, "batch_size": 16, "context_size": 8,
+            },
+        },
+    }  # fmt: skip
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return from_dict(base, "(test)")
+
+
+NAV = {"name": "navigation_2d", "options": {"horizon": 20}}
+
+
+def test_maml_trpo_run_logs_curve_and_meta_test(ray_session, workdir):
+    run = train(rl_config(NAV, "maml_trpo"), progress=False)
+    assert run.iterations == 2
+    assert list(run.test) == ["return_step_0", "return_step_1", "return_step_2"]
+    assert all(np.isfinite(e.mean) and e.n == 4 for e in run.test.values())
+    c = client(run.tracking_uri)
+    trained = c.get_run(run.run_id)
+    assert {"train/return_pre", "train/return_post", "trpo/kl"} <= set(trained.data.metrics)
+    assert trained.data.params["algorithm.name"] == "maml_trpo"
+    nested = c.get_run(run.test_run_id)
+    assert nested.data.tags["mlflow.parentRunId"] == run.run_id
+    curve = c.get_metric_history(run.test_run_id, "test/return")
+    assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [0, 1, 2]
+    assert "adaptation_curve.png" in [a.path for a in c.list_artifacts(run.test_run_id)]
+
+
+def test_maml_trpo_does_not_depend_on_the_number_of_workers(ray_session, workdir):
+    one = train(rl_config(NAV, "maml_trpo", workers={"num_workers": 1}, eval=QUIET), progress=False)
+    two = train(rl_config(NAV, "maml_trpo", workers={"num_workers": 2}, eval=QUIET), progress=False)
+    assert torch.equal(one.meta_params, two.meta_params)
+    assert not torch.equal(one.meta_params, train(rl_config(NAV, "maml_trpo", outer={"iterations": 1}, eval=QUIET), progress=False).meta_params)
+
+
+@pytest.mark.parametrize("algorithm,task", [("rl2", {"name": "bandit", "trial_episodes": 10}), ("pearl", NAV)], ids=["rl2", "pearl"])
+def test_resume_equals_an_uninterrupted_run(ray_session, workdir, algorithm, task):
+    model = {"hidden": [16]} if algorithm == "rl2" else {}
+    straight = train(rl_config(task, algorithm, model=model, outer={"iterations": 2}, eval=QUIET), progress=False)
+    first = train(rl_config(task, algorithm, model=model, outer={"iterations": 1}, eval=QUIET), progress=False)
+    resumed = train(rl_config(task, algorithm, model=model, outer={"iterations": 2}, eval=QUIET), resume=first.run_id, progress=False)
+    assert resumed.iterations == 2
+    if algorithm == "rl2":  # PPO: parameters, Adam and minibatch order all come back
+        assert torch.equal(straight.meta_params, resumed.meta_params)
+    else:  # PEARL's replay buffers are not checkpointed: the networks continue, the data is collected afresh
+        assert resumed.meta_params.shape == straight.meta_params.shape and torch.isfinite(resumed.meta_params).all()
+
+
+def test_rl2_meta_test_reports_every_episode_of_a_trial(ray_session, workdir):
+    run = train(rl_config({"name": "bandit", "trial_episodes": 10}, "rl2", model={"hidden": [16]}), progress=False)
+    assert [k for k in run.test] == [f"return_episode_{k}" for k in range(1, 11)] + ["return_trial"]
+    per_pull = sum(run.test[f"return_episode_{k}"].mean for k in range(1, 11))
+    assert run.test["return_trial"].mean == pytest.approx(per_pull)
+
+
+def test_pearl_meta_test_on_explicit_goals(ray_session, workdir):
+    goals = [{"goal": [0.3, -0.2]}, {"goal": [-0.4, 0.4]}]
+    run = train(rl_config(NAV, "pearl", eval={"task_params": goals}), progress=False)
+    assert list(run.test) == ["return_episode_1", "return_episode_2", "return_episode_3"]
+    assert all(e.n == 2 for e in run.test.values())
+    again = evaluate(run.run_id, tracking_uri=run.tracking_uri)  # the checkpoint alone is enough to meta-test again
+    assert again.estimates["return_episode_1"].mean == pytest.approx(run.test["return_episode_1"].mean)
+    assert again.run_id is not None and again.parent_run_id == run.run_id
+
+
+def test_trial_episode_returns_split_at_the_done_flag():
+    # 2 trials of 3 episodes; the last observation entry is the trial wrapper's done flag
+    T = 6
+    flags = np.array([[0, 0], [0, 1], [1, 0], [0, 0], [1, 1], [0, 0]], np.float32)  # episode starts after each flag
+    rewards = np.arange(T * 2, dtype=np.float32).reshape(T, 2)
+    mask = np.ones((T, 2), np.float32)
+    mask[5, 1] = 0
+    obs = np.concatenate([np.zeros((T, 2, 3), np.float32), flags[..., None]], -1)
+    traj = Trajectories(obs, np.zeros((T, 2), np.int64), rewards, np.zeros((T, 2), np.float32), obs, np.zeros((T, 2), bool), mask)
+    got = trial_episode_returns(traj, 3)
+    np.testing.assert_allclose(got[0], [0 + 2, 4 + 6, 8 + 10])
+    np.testing.assert_allclose(got[1], [1, 3 + 5 + 7, 9])
+
+
+def test_bad_explicit_task_params_exit_before_training(workdir):
+    from orchestrator.errors import UserError
+
+    config = rl_config(NAV, "maml_trpo", eval={"task_params": [{"goal": [0.1, 0.2]}, {"goal": [0.1]}]})
+    with pytest.raises(UserError, match=r"eval.task_params\[1\].*goal"):
+        train(config, progress=False)
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "checkpoints").exists()
+
+
+def test_bad_family_option_names_the_field(workdir):
+    from orchestrator.errors import UserError
+
+    with pytest.raises(UserError, match=r"task.options.*arms"):
+        train(rl_config({"name": "bandit", "options": {"arms": 1}, "trial_episodes": 5}, "rl2", model={"hidden": [8]}), progress=False)
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_shipped_rl_configs_validate():
+    from pathlib import Path
+
+    from orchestrator.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = ["bandit_rl2", "navigation_maml_trpo", "navigation_pearl", "half_cheetah_vel_maml_trpo"]
+    for name in names:
+        config = load_config(root / f"{name}.yaml")
+        assert config.is_rl() and yaml.safe_load(config.to_yaml())["algorithm"]["name"] == config.algorithm.name
