@@ -572,6 +572,13 @@ def _omniglot_runs(config: Config, meta_params: torch.Tensor, runs: str, steps: 
 
 
 def print_estimates(estimates: Estimates) -> None:
+    if len(estimates) > 12:  # an RL² bandit trial has one entry per pull: the first and last few tell the story
+        keys = list(estimates)
+        shown = keys[:3] + keys[-4:]
+        print_estimates({k: estimates[k] for k in shown[:3]})
+        print(f"... {len(keys) - len(shown)} more in the MLflow run ...")
+        print_estimates({k: estimates[k] for k in shown[3:]})
+        return
     for key, est in estimates.items():
         if isinstance(key, int):
             print(f"meta-test MSE after {key} inner step(s): {est} (95% CI, {est.n} tasks)")
