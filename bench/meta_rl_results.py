@@ -133,6 +133,7 @@ def main() -> None:
             print(f"|post| / |pre| = {abs(post.mean) / abs(pre.mean):.3f} (target <= 0.5)")
         else:
             print(f"post - pre = {post.mean - pre.mean:+.1f}; CIs overlap: {pre.mean + pre.ci95 >= post.mean - post.ci95} (target: no)")
+            print(show("paired gain after 1 step", test["gain_step_1"]))
             learning_curves(run.run_id, uri, Path(args.curve))
     else:
         family = build_env_family(config)

@@ -66,7 +66,8 @@ def per_task_returns(config: Config, outputs: Sequence[dict[str, Any]]) -> np.nd
 
 
 def rl_meta_test(config: Config, params: torch.Tensor, pool: RolloutPool, tasks: list[RolloutTask] | None = None) -> tuple[dict[str, Estimate], np.ndarray]:
-    """Estimates keyed ``return_step_k`` / ``return_episode_k``, and the per-task returns."""
+    """Estimates keyed ``return_step_k`` / ``return_episode_k`` (and ``gain_*_k``: the per-task
+    improvement over step 0 / episode 1), and the per-task returns."""
     family = build_env_family(config)
     tasks = tasks if tasks is not None else test_tasks(config, family)
     outputs = pool.run_plan(params.detach().cpu().float(), tasks, _plan(config, family), config.workers.chunk_size)
@@ -76,5 +77,7 @@ def rl_meta_test(config: Config, params: torch.Tensor, pool: RolloutPool, tasks:
     estimates = {f"return_{unit}_{k + first}": estimate(returns[:, k]) for k in range(returns.shape[1])}
     if config.algorithm.name == "rl2" and returns.shape[1] > 1:
         estimates["return_trial"] = estimate(returns.sum(1))
+    # paired: the same tasks before and after, so the gain's CI excludes the spread between tasks
+    estimates |= {f"gain_{unit}_{k + first}": estimate(returns[:, k] - returns[:, 0]) for k in range(1, returns.shape[1])}
     return estimates, returns
 

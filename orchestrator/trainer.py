@@ -360,7 +360,7 @@ def _log_rl_meta_test(tracker: Tracker, config: Config, estimates: Estimates) ->
     """Per-step (or per-episode) returns as metrics, also as one curve over steps, and its PNG."""
     tasks = len(config.eval.task_params) if config.eval.task_params is not None else config.eval.tasks
     tracker.log_params({"tasks": tasks, "curve": curve_label(config)})
-    curve = [est for key, est in estimates.items() if key != "return_trial"]
+    curve = [est for key, est in estimates.items() if key.startswith(("return_step_", "return_episode_"))]
     first = 0 if config.algorithm.name == "maml_trpo" else 1
     for k, est in enumerate(curve):
         tracker.log_metrics({"test/return": est.mean, "test/return_ci95": est.ci95}, step=k + first)
@@ -582,7 +582,7 @@ def print_estimates(estimates: Estimates) -> None:
     for key, est in estimates.items():
         if isinstance(key, int):
             print(f"meta-test MSE after {key} inner step(s): {est} (95% CI, {est.n} tasks)")
-        elif key.startswith("return"):
+        elif key.startswith(("return", "gain")):
             print(f"meta-test {key}: {est.mean:.3f} +/- {est.ci95:.3f} (95% CI, {est.n} tasks)")
         else:
             print(f"meta-test {key}: {est} (95% CI, {est.n} episodes)")
