@@ -456,7 +456,11 @@ def test_local_sh_starts_a_head_and_a_worker_node_and_stops_only_them(tmp_path):
     env.pop("RAY_AUTH_MODE", None)  # local.sh sets "disabled" when the user has not chosen
     client_env = _script_env(RAY_AUTH_MODE="disabled")
     try:
-        assert Path(f"/proc/{decoy.pid}/comm").read_text().strip() == "raylet"
+        comm = Path(f"/proc/{decoy.pid}/comm")
+        deadline = time.monotonic() + 10  # Popen returns between fork and exec; a busy machine shows "python" a while
+        while comm.read_text().strip() != "raylet" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert comm.read_text().strip() == "raylet"
         up = _local_sh("up", "1", *where, "--head-cpus", "1", "--worker-cpus", "1",
                        "--dashboard-port", str(dashboard_port), "--client-port", str(client_port),
                        "--object-store-mb", "100", "--timeout", "120", env=env, timeout=300)
