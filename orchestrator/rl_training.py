@@ -108,11 +108,7 @@ class PEARLRunner:
 
     def __init__(self, config: Config, family, params: torch.Tensor):
         self.config, self.c = config, config.rl.pearl
-        self.pearl = PEARL(build_policy(config, family), learner_device(), config.seed)
-        if not torch.equal(params.float(), self.pearl.worker_params()):  # resumed: the checkpoint's actor and encoder
-            actor, encoder = self.pearl.policy.split(params.float())
-            for module, flat in ((self.pearl.actor, actor), (self.pearl.encoder, encoder)):
-                torch.nn.utils.vector_to_parameters(flat.to(self.pearl.device), module.parameters())
+        self.pearl = PEARL(build_policy(config, family), learner_device(), config.seed, params)
         self.plan = PEARLPlan(build_policy(config, family), self.c.prior_episodes, self.c.posterior_episodes)
         self.tasks = descriptors(config.seed, "train", 0, self.c.train_tasks)
         self.collected = False

@@ -330,13 +330,14 @@ class _Critic(nn.Module):
 class PEARL:
     """Networks, optimisers, replay buffers and the SAC + encoder update, on ``device``."""
 
-    def __init__(self, policy: PEARLPolicy, device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(self, policy: PEARLPolicy, device: torch.device | str = "cpu", seed: int = 0, params: torch.Tensor | None = None):
+        """``params``: the initial ``[actor ; encoder]`` (default: ``policy.init_params(seed)``)."""
         self.policy = policy
         self.config = c = policy.config
         self.device = torch.device(device)
         obs_dim, act_dim = policy.obs_dim, policy.act_dim
         self.low, self.high = policy.low.to(self.device), policy.high.to(self.device)
-        theta = policy.init_params(seed)
+        theta = policy.init_params(seed) if params is None else params.detach().float().cpu()
         actor_p, enc_p = policy.split(theta)
         self.actor = policy.actor.to_module(actor_p).to(self.device)
         self.encoder = policy.encoder.to_module(enc_p).to(self.device)
