@@ -45,12 +45,12 @@ def regression_predictions(
     return fig
 
 
-def adaptation_curve(returns: Mapping[str, object], xlabel: str, title: str):
-    """Mean return with its 95% CI at each adaptation step or trial episode, one line per
-    curve in ``returns`` (name -> list of Estimates in order)."""
+def adaptation_curve(returns: Mapping[str, object], xlabel: str, first: int, title: str):
+    """Mean return with its 95% CI at each adaptation step or trial episode (numbered from
+    ``first``), one line per curve in ``returns`` (name -> list of Estimates in order)."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for i, (name, estimates) in enumerate(returns.items()):
-        xs = list(range(len(estimates))) if xlabel == "adaptation step" else list(range(1, len(estimates) + 1))
+        xs = list(range(first, first + len(estimates)))
         means = [e.mean for e in estimates]
         half = [e.ci95 for e in estimates]
         ax.errorbar(xs, means, yerr=half, marker="o", capsize=3, color=f"C{i}", label=name)

@@ -42,8 +42,16 @@ def test_tasks(config: Config, family=None) -> list[RolloutTask]:
     return out
 
 
-def curve_label(config: Config) -> str:
-    return "adaptation step" if config.algorithm.name == "maml_trpo" else "episode"
+def curve_axis(config: Config) -> tuple[str, int, str]:
+    """(key unit, first x, axis label): MAML-TRPO's curve runs over adaptation steps from 0,
+    RL²'s and PEARL's over the episodes of a trial from 1."""
+    return ("step", 0, "adaptation step") if config.algorithm.name == "maml_trpo" else ("episode", 1, "episode")
+
+
+def curve(config: Config, estimates: dict[str, Estimate]) -> list[Estimate]:
+    """The returns along the curve, in order (without the trial total and the gains)."""
+    unit, _, _ = curve_axis(config)
+    return [est for key, est in estimates.items() if key.startswith(f"return_{unit}_")]
 
 
 def _plan(config: Config, family) -> Any:
@@ -72,8 +80,7 @@ def rl_meta_test(config: Config, params: torch.Tensor, pool: RolloutPool, tasks:
     tasks = tasks if tasks is not None else test_tasks(config, family)
     outputs = pool.run_plan(params.detach().cpu().float(), tasks, _plan(config, family), config.workers.chunk_size)
     returns = per_task_returns(config, outputs)
-    unit = "step" if config.algorithm.name == "maml_trpo" else "episode"
-    first = 0 if unit == "step" else 1
+    unit, first, _ = curve_axis(config)
     estimates = {f"return_{unit}_{k + first}": estimate(returns[:, k]) for k in range(returns.shape[1])}
     if config.algorithm.name == "rl2" and returns.shape[1] > 1:
         estimates["return_trial"] = estimate(returns.sum(1))

@@ -35,7 +35,7 @@ from orchestrator.errors import UserError
 from orchestrator.evaluation import Estimates, accuracies, classification_test, estimate, meta_test
 from orchestrator.learner import Learner, RemoteLearner
 from orchestrator.plots import adaptation_curve, regression_predictions
-from orchestrator.rl_evaluation import curve_label, rl_meta_test, test_tasks as rl_test_tasks
+from orchestrator.rl_evaluation import curve, curve_axis, rl_meta_test, test_tasks as rl_test_tasks
 from orchestrator.rl_training import RLRunner, build_runner, initial_params
 from orchestrator.preflight import check_ray_address, check_tracking_uri, sqlite_path, tracking_uri_for
 from orchestrator.session import check_capacity, learner_in_actor, ray_session, target_workers
@@ -359,14 +359,14 @@ def _rl_loop(config: Config, runner: RLRunner, pool: RolloutPool, tracker: Track
 def _log_rl_meta_test(tracker: Tracker, config: Config, estimates: Estimates) -> None:
     """Per-step (or per-episode) returns as metrics, also as one curve over steps, and its PNG."""
     tasks = len(config.eval.task_params) if config.eval.task_params is not None else config.eval.tasks
-    tracker.log_params({"tasks": tasks, "curve": curve_label(config)})
-    curve = [est for key, est in estimates.items() if key.startswith(("return_step_", "return_episode_"))]
-    first = 0 if config.algorithm.name == "maml_trpo" else 1
-    for k, est in enumerate(curve):
+    _, first, label = curve_axis(config)
+    points = curve(config, estimates)
+    tracker.log_params({"tasks": tasks, "curve": label})
+    for k, est in enumerate(points):
         tracker.log_metrics({"test/return": est.mean, "test/return_ci95": est.ci95}, step=k + first)
     tracker.log_metrics({f"test/{key}": est.mean for key, est in estimates.items()} | {f"test/{key}_ci95": est.ci95 for key, est in estimates.items()}, step=0)
     title = f"{config.algorithm.name} on {config.task.name}: {tasks} held-out tasks"
-    tracker.log_figure(adaptation_curve({config.algorithm.name: curve}, curve_label(config), title), "adaptation_curve.png")
+    tracker.log_figure(adaptation_curve({config.algorithm.name: points}, label, first, title), "adaptation_curve.png")
 
 
 @contextmanager
