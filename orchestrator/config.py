@@ -310,10 +310,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values; nested mappings are merged key by key."""
     merged = dict(base)
     for k, v in over.items():
-        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        merged[k] = deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
     return merged
 
 
@@ -355,5 +356,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"config file {path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = deep_merge(data, parse_overrides(overrides))
     return from_dict(data, source)

@@ -9,6 +9,7 @@ loop's: metrics to MLflow through the non-blocking sink, checkpoints, a meta-tes
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,6 +39,13 @@ class RLRunner(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def _sample(pool: RolloutPool, params: torch.Tensor, tasks: list, plan: Any, chunk_size: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The plan's outputs in task order, and ``time/sample_s``: the rest of the iteration is the learner's."""
+    t0 = time.perf_counter()
+    outputs = pool.run_plan(params, tasks, plan, chunk_size)
+    return outputs, {"time/sample_s": time.perf_counter() - t0}
+
+
 def _mean(outputs: list[dict[str, Any]], key: str) -> float:
     return float(np.mean([np.mean(o[key]) for o in outputs]))
 
@@ -58,12 +66,12 @@ class MAMLTRPORunner:
     def iteration(self, pool: RolloutPool, it: int) -> dict[str, float]:
         cfg = self.config
         tasks = descriptors(cfg.seed, "train", it, cfg.outer.meta_batch)
-        outputs = pool.run_plan(self.worker_params(), tasks, self.plan, cfg.workers.chunk_size)
+        outputs, timing = _sample(pool, self.worker_params(), tasks, self.plan, cfg.workers.chunk_size)
         self.theta, stats = outer_step(self.policy, self.theta, [(o["pre"], o["post"]) for o in outputs], self.c)
         return {
             "train/return_pre": stats.pop("pre_return"),
             "train/return_post": stats.pop("post_return"),
-        } | {f"trpo/{k}": v for k, v in stats.items()}
+        } | {f"trpo/{k}": v for k, v in stats.items()} | timing
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -86,9 +94,9 @@ class RL2Runner:
     def iteration(self, pool: RolloutPool, it: int) -> dict[str, float]:
         cfg = self.config
         tasks = descriptors(cfg.seed, "train", it, cfg.outer.meta_batch)
-        outputs = pool.run_plan(self.worker_params(), tasks, self.plan, cfg.workers.chunk_size)
+        outputs, timing = _sample(pool, self.worker_params(), tasks, self.plan, cfg.workers.chunk_size)
         stats = self.learner.update([o["trials"] for o in outputs])
-        return {"train/return": stats.pop("trial_return")} | {f"ppo/{k}": v for k, v in stats.items()}
+        return {"train/return": stats.pop("trial_return")} | {f"ppo/{k}": v for k, v in stats.items()} | timing
 
     def state_dict(self) -> dict[str, Any]:
         return {"adam": self.learner.optimizer.state_dict(), "generator": self.learner.generator.get_state()}
@@ -120,7 +128,7 @@ class PEARLRunner:
         cfg, c = self.config, self.c
         rng = np.random.default_rng([cfg.seed, it])
         chosen = range(c.train_tasks) if not self.collected else sorted(rng.choice(c.train_tasks, min(c.tasks_per_iteration, c.train_tasks), replace=False))
-        outputs = pool.run_plan(self.worker_params(), [self.tasks[i] for i in chosen], self.plan, cfg.workers.chunk_size)
+        outputs, timing = _sample(pool, self.worker_params(), [self.tasks[i] for i in chosen], self.plan, cfg.workers.chunk_size)
         for i, out in zip(chosen, outputs):
             self.pearl.add(i, out)
         self.collected = True
@@ -129,17 +137,18 @@ class PEARLRunner:
             batch_tasks = rng.choice(c.train_tasks, cfg.outer.meta_batch, replace=cfg.outer.meta_batch > c.train_tasks)
             for k, v in self.pearl.update(self.pearl.sample_batch(list(batch_tasks), rng)).items():
                 sums[k] = sums.get(k, 0.0) + v
-        metrics = {f"sac/{k}": v / max(1, c.updates_per_iteration) for k, v in sums.items()}
+        metrics = {f"sac/{k}": v / max(1, c.updates_per_iteration) for k, v in sums.items()} | timing
         for key in ("prior_returns", "posterior_returns"):
             if key in outputs[0]:
                 metrics[f"train/return_{key.removesuffix('_returns')}"] = _mean(outputs, key)
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return self.pearl.state_dict()
+        return self.pearl.state_dict(buffers=self.c.checkpoint_buffers)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pearl.load_state_dict(state)
+        self.collected = all(i in self.pearl.replay for i in range(self.c.train_tasks))
 
 
 RUNNERS: dict[str, type] = {"maml_trpo": MAMLTRPORunner, "rl2": RL2Runner, "pearl": PEARLRunner}

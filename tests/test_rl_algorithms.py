@@ -497,6 +497,24 @@ def test_replay_buffer_keeps_the_newest_transitions():
     assert set(s["rewards"].tolist()) <= set(t["rewards"][-5:].tolist())
 
 
+@pytest.mark.parametrize("added", [3, 8], ids=["partly-filled", "wrapped"])
+def test_replay_buffer_state_round_trips_through_a_weights_only_checkpoint(added: int, tmp_path):
+    """A restored ring samples and overwrites exactly as the original would."""
+    t = transitions(random_trajectories(added // 2 + added % 2, 2, 1, 1, seed=0, ragged=False))
+    buf = ReplayBuffer(5, obs_dim=1, act_dim=1)
+    buf.add({k: v[:added] for k, v in t.items()})
+    torch.save(buf.state_dict(), tmp_path / "b.pt")
+    back = ReplayBuffer(5, obs_dim=1, act_dim=1)
+    back.load_state_dict(torch.load(tmp_path / "b.pt", weights_only=True))
+    more = transitions(random_trajectories(1, 2, 1, 1, seed=1, ragged=False))
+    for b in (buf, back):
+        b.add(more)
+    assert (len(back), back.top) == (len(buf), buf.top)
+    for k in buf.data:
+        assert np.array_equal(back.data[k], buf.data[k]), k
+    assert np.array_equal(back.sample(20, np.random.default_rng(3))["rewards"], buf.sample(20, np.random.default_rng(3))["rewards"])
+
+
 def constant_goal_env(goal: float):
     """Reward -|a - goal| for a in [-1, 1]; obs always 0: only the context tells the goal."""
 

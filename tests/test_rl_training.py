@@ -10,7 +10,7 @@ import yaml
 from algorithms.rl import Trajectories
 from algorithms.rl.rl2 import trial_episode_returns
 from orchestrator import evaluate, train
-from orchestrator.config import from_dict
+from orchestrator.config import deep_merge, from_dict
 from orchestrator.tracking import client
 
 QUIET = {"at_end": False}
@@ -34,9 +34,7 @@ def rl_config(task: dict, algorithm: str, **sections):
             },
         },
     }  # fmt: skip
-    for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
-    return from_dict(base, "(test)")
+    return from_dict(deep_merge(base, sections), "(test)")
 
 
 NAV = {"name": "navigation_2d", "options": {"horizon": 20}}
@@ -52,6 +50,8 @@ def test_maml_trpo_run_logs_curve_and_meta_test(ray_session, workdir):
     c = client(run.tracking_uri)
     trained = c.get_run(run.run_id)
     assert {"train/return_pre", "train/return_post", "trpo/kl"} <= set(trained.data.metrics)
+    m = trained.data.metrics
+    assert 0 < m["time/sample_s"] < m["time/iteration_s"]  # the learner's step takes the rest
     assert trained.data.params["algorithm.name"] == "maml_trpo"
     nested = c.get_run(run.test_run_id)
     assert nested.data.tags["mlflow.parentRunId"] == run.run_id
@@ -69,15 +69,23 @@ def test_maml_trpo_does_not_depend_on_the_number_of_workers(ray_session, workdir
 
 @pytest.mark.parametrize("algorithm,task", [("rl2", {"name": "bandit", "trial_episodes": 10}), ("pearl", NAV)], ids=["rl2", "pearl"])
 def test_resume_equals_an_uninterrupted_run(ray_session, workdir, algorithm, task):
+    """RL²: parameters, Adam and minibatch order come back. PEARL: networks, optimisers, noise
+    and (with ``checkpoint_buffers``) both replay buffers; without them the resumed run
+    collects every training task afresh and so differs."""
     model = {"hidden": [16]} if algorithm == "rl2" else {}
-    straight = train(rl_config(task, algorithm, model=model, outer={"iterations": 2}, eval=QUIET), progress=False)
-    first = train(rl_config(task, algorithm, model=model, outer={"iterations": 1}, eval=QUIET), progress=False)
-    resumed = train(rl_config(task, algorithm, model=model, outer={"iterations": 2}, eval=QUIET), resume=first.run_id, progress=False)
-    assert resumed.iterations == 2
-    if algorithm == "rl2":  # PPO: parameters, Adam and minibatch order all come back
-        assert torch.equal(straight.meta_params, resumed.meta_params)
-    else:  # PEARL's replay buffers are not checkpointed: the networks continue, the data is collected afresh
-        assert resumed.meta_params.shape == straight.meta_params.shape and torch.isfinite(resumed.meta_params).all()
+
+    def run(iterations: int, resume: str | None = None, buffers: bool = True):
+        rl = {"pearl": {"checkpoint_buffers": buffers}}
+        config = rl_config(task, algorithm, model=model, outer={"iterations": iterations}, eval=QUIET, rl=rl)
+        return train(config, resume=resume, progress=False)
+
+    straight = run(3)
+    resumed = run(3, resume=run(2).run_id)
+    assert resumed.iterations == 3
+    assert torch.equal(straight.meta_params, resumed.meta_params)
+    if algorithm == "pearl":
+        refilled = run(3, resume=run(2, buffers=False).run_id, buffers=False)
+        assert refilled.iterations == 3 and not torch.equal(straight.meta_params, refilled.meta_params)
 
 
 def test_rl2_meta_test_reports_every_episode_of_a_trial(ray_session, workdir):

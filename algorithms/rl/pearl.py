@@ -63,6 +63,7 @@ class PEARLConfig:
     train_tasks: int = 100  # the fixed set of training tasks whose buffers fill over the run
     tasks_per_iteration: int = 5  # tasks collected per iteration (all of them in the first)
     updates_per_iteration: int = 500  # gradient steps per iteration, each on outer.meta_batch tasks
+    checkpoint_buffers: bool = False  # replay buffers in checkpoints: exact resumes, larger files
 
 
 # -- the latent posterior ----------------------------------------------------------------
@@ -298,6 +299,18 @@ class ReplayBuffer:
     def clear(self) -> None:
         self.size = self.top = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows as tensors (checkpoints load with ``weights_only``) and the ring's position."""
+        return {"size": self.size, "top": self.top} | {k: torch.from_numpy(v[: self.size].copy()) for k, v in self.data.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        size, top = int(state["size"]), int(state["top"])
+        if size > self.capacity:
+            raise ValueError(f"a replay buffer of {size} transitions does not fit capacity {self.capacity}")
+        for k, buf in self.data.items():
+            buf[:size] = state[k].numpy()
+        self.size, self.top = size, top
+
 
 class MultiTaskReplay:
     """One :class:`ReplayBuffer` per task key, allocated on first use."""
@@ -313,6 +326,14 @@ class MultiTaskReplay:
 
     def __contains__(self, task: Hashable) -> bool:
         return task in self.buffers and len(self.buffers[task]) > 0
+
+    def state_dict(self) -> dict[Hashable, dict[str, Any]]:
+        return {task: buf.state_dict() for task, buf in self.buffers.items()}
+
+    def load_state_dict(self, state: dict[Hashable, dict[str, Any]]) -> None:
+        self.buffers.clear()
+        for task, buf in state.items():
+            self[task].load_state_dict(buf)
 
 
 # -- the learner ---------------------------------------------------------------------------
@@ -357,17 +378,24 @@ class PEARL:
 
     _STATE = ("actor", "encoder", "q1", "q2", "q1_target", "q2_target", "actor_opt", "q_opt", "encoder_opt")
 
-    def state_dict(self) -> dict[str, Any]:
-        """Networks, target networks, optimisers and the noise generator (not the replay
-        buffers: a resumed run collects its training tasks afresh)."""
+    def state_dict(self, buffers: bool = False) -> dict[str, Any]:
+        """Networks, target networks, optimisers and the noise generator; with ``buffers``
+        also both replay buffers, so a resumed run continues exactly (RLlib's
+        ``store_buffer_in_checkpoints``: off by default, as buffers can dwarf the networks)."""
         state: dict[str, Any] = {name: getattr(self, name).state_dict() for name in self._STATE}
         state["generator"] = self.generator.get_state()
+        if buffers:
+            state["replay"], state["encoder_replay"] = self.replay.state_dict(), self.encoder_replay.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Without buffers in ``state`` the replay stays empty and is collected afresh."""
         for name in self._STATE:
             getattr(self, name).load_state_dict(state[name])
         self.generator.set_state(state["generator"])
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+            self.encoder_replay.load_state_dict(state["encoder_replay"])
 
     # -- parameters for the workers ---------------------------------------------------------
     def worker_params(self) -> torch.Tensor:
