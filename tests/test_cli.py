@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.config import Config, load_config
+from orchestrator.config import Config, from_dict, load_config
 from orchestrator.errors import UserError
 from conftest import free_port
 
@@ -189,6 +189,16 @@ def test_load_config_rejects(job, text, overrides, needles):
     for needle in needles:
         assert needle in message, message
     assert "\n" not in message
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_config_validates_and_round_trips(path):
+    """Every ready-to-run YAML loads, and the YAML a run records (params, checkpoints) gives it back."""
+    config = load_config(path)
+    assert from_dict(yaml.safe_load(config.to_yaml())) == config
 
 
 def test_load_config_missing_file(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from algorithms.rl import Trajectories
 from algorithms.rl.rl2 import trial_episode_returns
@@ -134,15 +133,3 @@ def test_bad_family_option_names_the_field(workdir):
     with pytest.raises(UserError, match=r"task.options.*arms"):
         train(rl_config({"name": "bandit", "options": {"arms": 1}, "trial_episodes": 5}, "rl2", model={"hidden": [8]}), progress=False)
     assert not (workdir / "mlflow.db").exists()
-
-
-def test_shipped_rl_configs_validate():
-    from pathlib import Path
-
-    from orchestrator.config import load_config
-
-    root = Path(__file__).resolve().parents[1] / "configs"
-    names = ["bandit_rl2", "navigation_maml_trpo", "navigation_pearl", "half_cheetah_vel_maml_trpo"]
-    for name in names:
-        config = load_config(root / f"{name}.yaml")
-        assert config.is_rl() and yaml.safe_load(config.to_yaml())["algorithm"]["name"] == config.algorithm.name
