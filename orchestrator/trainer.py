@@ -294,8 +294,10 @@ def _save(config: Config, tracker: Tracker, done: int, params: torch.Tensor, sta
     return path
 
 
-def _out_of_time(outer: OuterConfig, started: float) -> bool:
-    return outer.max_minutes is not None and time.perf_counter() - started >= 60 * outer.max_minutes
+def _out_of_time(outer: OuterConfig, elapsed_s: float, last_s: float) -> bool:
+    """Whether another iteration, as long as the last one, would end past ``outer.max_minutes``:
+    a budget the run stays inside, not one it passes by an iteration."""
+    return outer.max_minutes is not None and elapsed_s + last_s > 60 * outer.max_minutes
 
 
 def _start_logging(config: Config, tracker: Tracker, first: int) -> set[tuple[str, int]]:
@@ -329,7 +331,7 @@ def _rl_loop(config: Config, runner: RLRunner, pool: RolloutPool, tracker: Track
             if done % config.tracking.log_every == 0 or done == o.iterations:
                 tracker.log_metrics({k: v for k, v in metrics.items() if (k, done) not in logged}, step=done)
             bar.update(done, {k.removeprefix("train/"): v for k, v in metrics.items() if k.startswith("train/")})
-            if _out_of_time(o, started):
+            if _out_of_time(o, time.perf_counter() - started, time.perf_counter() - t0):
                 break
             if done % config.checkpoint.every == 0 and done < o.iterations:
                 _save(config, tracker, done, runner.worker_params(), runner.state_dict())
@@ -446,7 +448,7 @@ def _loop(
             elif "train/loss_pre" in metrics:
                 shown = {"pre": metrics["train/loss_pre"]} | shown
             bar.update(done, shown | {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")})
-            if _out_of_time(o, started):
+            if _out_of_time(o, time.perf_counter() - started, time.perf_counter() - t0):
                 break
             if done % config.checkpoint.every == 0 and done < o.iterations:
                 save(done)

@@ -137,6 +137,24 @@ def test_resume_from_a_checkpoint_file(ray_session, workdir):
     assert torch.equal(straight.meta_params, resumed.meta_params)
 
 
+@pytest.mark.parametrize("elapsed,last,stop", [(50.0, 9.0, False), (50.0, 11.0, True), (59.0, 0.5, False), (61.0, 0.0, True)])
+def test_max_minutes_stops_before_an_iteration_would_end_past_it(elapsed, last, stop):
+    from orchestrator.config import OuterConfig
+    from orchestrator.trainer import _out_of_time
+
+    assert _out_of_time(OuterConfig(max_minutes=1.0), elapsed, last) is stop
+    assert _out_of_time(OuterConfig(), 10**6, 10**6) is False  # no budget
+
+
+def test_a_budgeted_run_stops_early_and_keeps_its_last_iteration(ray_session, workdir):
+    budget_s = 3.0
+    result = _train(tiny_config(outer={"iterations": 10**6, "max_minutes": budget_s / 60}, eval={"at_end": False, "plot_tasks": 0}))
+    assert 0 < result.iterations < 10**6
+    assert result.train_seconds < budget_s + 1.0  # inside it, unless the last iteration took far longer than the one before
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    assert ckpt["iteration"] == result.iterations and torch.equal(ckpt["meta_params"], result.meta_params)
+
+
 def test_workers_get_the_gpu_fraction_they_ask_for(ray_session):
     """Two workers share the session's one (logical) GPU; each computes on CUDA where it exists."""
     config = tiny_config()
