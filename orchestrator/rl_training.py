@@ -119,7 +119,6 @@ class PEARLRunner:
         self.pearl = PEARL(build_policy(config, family), learner_device(), config.seed, params)
         self.plan = PEARLPlan(build_policy(config, family), self.c.prior_episodes, self.c.posterior_episodes)
         self.tasks = descriptors(config.seed, "train", 0, self.c.train_tasks)
-        self.collected = False
 
     def worker_params(self) -> torch.Tensor:
         return self.pearl.worker_params()
@@ -127,11 +126,11 @@ class PEARLRunner:
     def iteration(self, pool: RolloutPool, it: int) -> dict[str, float]:
         cfg, c = self.config, self.c
         rng = np.random.default_rng([cfg.seed, it])
-        chosen = range(c.train_tasks) if not self.collected else sorted(rng.choice(c.train_tasks, min(c.tasks_per_iteration, c.train_tasks), replace=False))
+        unfilled = not all(i in self.pearl.replay for i in range(c.train_tasks))  # first iteration, or resumed without buffers
+        chosen = range(c.train_tasks) if unfilled else sorted(rng.choice(c.train_tasks, min(c.tasks_per_iteration, c.train_tasks), replace=False))
         outputs, timing = _sample(pool, self.worker_params(), [self.tasks[i] for i in chosen], self.plan, cfg.workers.chunk_size)
         for i, out in zip(chosen, outputs):
             self.pearl.add(i, out)
-        self.collected = True
         sums: dict[str, float] = {}
         for _ in range(c.updates_per_iteration):
             batch_tasks = rng.choice(c.train_tasks, cfg.outer.meta_batch, replace=cfg.outer.meta_batch > c.train_tasks)
@@ -148,7 +147,6 @@ class PEARLRunner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pearl.load_state_dict(state)
-        self.collected = all(i in self.pearl.replay for i in range(self.c.train_tasks))
 
 
 RUNNERS: dict[str, type] = {"maml_trpo": MAMLTRPORunner, "rl2": RL2Runner, "pearl": PEARLRunner}
