@@ -9,6 +9,7 @@ two-armed bandit) and compare against the same measure before training.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -26,6 +27,7 @@ from algorithms.rl.maml_trpo import (
     adapt,
     conjugate_gradient,
     fisher_vector_product,
+    fvp_subset,
     line_search,
     mean_kl,
     outer_step,
@@ -188,12 +190,12 @@ def test_conjugate_gradient_solves_an_spd_system():
     assert torch.allclose(x, torch.linalg.solve(spd, b), atol=1e-8)
 
 
-def _tiny_maml_problem(seed: int = 0) -> tuple[GaussianMLPPolicy, torch.Tensor, list]:
-    """A 2-3-1 Gaussian policy in float64 and two tasks of random pre/post episodes."""
+def _tiny_maml_problem(seed: int = 0, tasks: int = 2) -> tuple[GaussianMLPPolicy, torch.Tensor, list]:
+    """A 2-3-1 Gaussian policy in float64 and ``tasks`` tasks of random pre/post episodes."""
     policy = GaussianMLPPolicy(2, 1, hidden=(3,))
     theta = policy.init_params(seed).double() + 0.1 * torch.randn(policy.num_params, dtype=F64, generator=torch.Generator().manual_seed(seed))
     per_task = []
-    for k in range(2):
+    for k in range(tasks):
         pre, post = random_trajectories(6, 5, 2, 1, seed=10 + k), random_trajectories(6, 5, 2, 1, seed=20 + k)
         adapted = adapt(policy, theta, as_double(pre), 0.1)  # the post-adaptation sampler: ratios start near 1
         logp = policy.log_prob(adapted, as_double(post)["observations"], as_double(post)["actions"])
@@ -216,29 +218,60 @@ def _double(tasks):
     return tasks
 
 
+def _kl_through_adaptation(policy, th: torch.Tensor, tasks, old, inner_lr: float) -> torch.Tensor:
+    """Written out again: a second-order inner step per task, then the mean KL to the old policies."""
+    kls = []
+    for task, ref in zip(tasks, old):
+        loss = -masked_mean(policy.log_prob(th, task.pre["observations"], task.pre["actions"]) * task.pre_adv, task.pre["mask"])
+        (g,) = torch.autograd.grad(loss, th, create_graph=True)
+        new = policy.distribution(th - inner_lr * g, task.post["observations"])
+        kls.append(masked_mean(kl_divergence(ref, new), task.post["mask"]))
+    return torch.stack(kls).mean()
+
+
 def test_fisher_vector_product_is_the_hessian_of_the_kl_through_adaptation():
     policy, theta0, per_task = _tiny_maml_problem()
     config = MAMLTRPOConfig(inner_lr=0.5)
     tasks = _double(_prepare(per_task, config, theta0.device))
     theta = theta0.clone().requires_grad_(True)
-    _, kl, old = surrogate(policy, theta, tasks, config)
+    _, kls, old = surrogate(policy, theta, tasks, config)
     damping = 1e-3
-    fvp = fisher_vector_product(kl, theta, damping)
+    fvp = fisher_vector_product(torch.stack(kls).mean(), theta, damping)
 
-    def kl_of(th: torch.Tensor) -> torch.Tensor:  # written out again: second-order inner step, then KL to the old policies
-        kls = []
-        for task, ref in zip(tasks, old):
-            adv = task.pre_adv
-            loss = -masked_mean(policy.log_prob(th, task.pre["observations"], task.pre["actions"]) * adv, task.pre["mask"])
-            (g,) = torch.autograd.grad(loss, th, create_graph=True)
-            new = policy.distribution(th - config.inner_lr * g, task.post["observations"])
-            kls.append(masked_mean(kl_divergence(ref, new), task.post["mask"]))
-        return torch.stack(kls).mean()
-
-    hessian = torch.autograd.functional.hessian(kl_of, theta0.clone())
+    hessian = torch.autograd.functional.hessian(lambda th: _kl_through_adaptation(policy, th, tasks, old, config.inner_lr), theta0.clone())
     v = torch.randn(theta0.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
     assert torch.allclose(fvp(v), hessian @ v + damping * v, rtol=1e-6, atol=1e-9)
     assert hessian.abs().max() > 1e-3  # a real check, not 0 == 0
+
+
+def test_fvp_subset_is_evenly_spaced_and_defines_the_fisher_of_its_tasks():
+    assert fvp_subset(20, None) == list(range(20)) and fvp_subset(3, 5) == [0, 1, 2]
+    assert fvp_subset(20, 5) == [0, 5, 10, 14, 19] and fvp_subset(20, 1) == [0]
+    with pytest.raises(ValueError, match="fvp_tasks must be at least 1"):
+        MAMLTRPOConfig(fvp_tasks=0)
+
+    policy, theta, per_task = _tiny_maml_problem(seed=4, tasks=4)
+    config = MAMLTRPOConfig(inner_lr=0.5, max_kl=1e-3)
+    # every task named explicitly is the same step as the default, bit for bit
+    full, m_full = outer_step(policy, theta.float(), per_task, config)
+    same, m_same = outer_step(policy, theta.float(), per_task, dataclasses.replace(config, fvp_tasks=4))
+    assert torch.equal(full, same) and m_full == m_same
+    # a subset changes the direction, not the guarantees: the surrogate falls and the KL on every task holds
+    sub, m_sub = outer_step(policy, theta.float(), per_task, dataclasses.replace(config, fvp_tasks=2))
+    assert not torch.equal(sub, full)
+    assert m_sub["step_accepted"] == 1.0 and 0 < m_sub["kl"] <= config.max_kl
+
+    # and its Fisher-vector product is the Hessian of those tasks' mean KL alone
+    tasks = _double(_prepare(per_task, config, theta.device))
+    th = theta.clone().requires_grad_(True)
+    _, kls, old = surrogate(policy, th, tasks, config)
+    chosen = fvp_subset(4, 2)
+    fvp = fisher_vector_product(torch.stack([kls[i] for i in chosen]).mean(), th, 0.0)
+
+    sub_tasks, sub_old = [tasks[i] for i in chosen], [old[i] for i in chosen]
+    hessian = torch.autograd.functional.hessian(lambda t: _kl_through_adaptation(policy, t, sub_tasks, sub_old, config.inner_lr), theta.clone())
+    v = torch.randn(theta.shape, dtype=F64, generator=torch.Generator().manual_seed(8))
+    assert torch.allclose(fvp(v), hessian @ v, rtol=1e-6, atol=1e-9)
 
 
 def test_line_search_never_accepts_a_step_over_max_kl():
