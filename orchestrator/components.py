@@ -29,7 +29,7 @@ def build_family(config: Config, ways: int | None = None, shots: int | None = No
     d = config.data
     return OmniglotTasks(
         d.root, ways=t.ways if ways is None else ways, shots=shots, queries=queries,
-        rotations=t.rotations, split=d.split, cache_dir=d.cache_dir,
+        rotations=t.rotations, split=d.split, cache_dir=d.cache_dir, shift=t.shift,
     )  # fmt: skip
 
 

@@ -41,6 +41,9 @@ class TaskConfig(Section):
     queries: int = Field(10, ge=1, le=10_000, description="query examples per task (per class) in meta-training")
     ways: int = Field(5, ge=2, le=10_000, description="N: classes per episode (classification)")
     rotations: bool = Field(True, description="rotations by 90/180/270 degrees as extra classes (Omniglot)")
+    shift: int = Field(
+        0, ge=0, le=13, description="Omniglot: meta-training drawings moved by up to this many pixels each way (augmentation; 0 = off)"
+    )
 
 
 class DataConfig(Section):
@@ -226,6 +229,8 @@ class Config(Section):
                 f"algorithm.name={a!r} does not apply to task.name={t.name!r}: meta-RL tasks ({', '.join(RL_TASKS)}) "
                 f"take {', '.join(RL_ALGORITHMS)}; {', '.join(SUPERVISED_TASKS)} take the others"
             )
+        if t.shift and t.name != "omniglot":
+            raise ValueError(f"task.shift={t.shift} moves Omniglot drawings; it does not apply to task.name={t.name!r}")
         if t.name in RL_TASKS:
             return self._consistent_rl()
         if t.options or t.trial_episodes is not None or e.task_params is not None:

@@ -168,6 +168,9 @@ BAD_VALUES = [
     ("pearl-discrete-actions", None, ["task.name=bandit", "algorithm.name=pearl"], ["pearl", "bandit"]),
     ("rl-outer-lr", None, ["task.name=navigation_2d", "algorithm.name=maml_trpo", "outer.lr=0.1"], ["outer.lr", "maml_trpo"]),
     ("rl-options-on-sinusoid", None, ["task.options={arms: 3}"], ["task.options", "sinusoid"]),
+    ("shift-on-sinusoid", None, ["task.shift=2"], ["task.shift=2", "sinusoid"]),
+    ("shift-too-far", None, ["task.shift=14"], ["task.shift", "14"]),
+    ("fvp-tasks-zero", None, ["task.name=navigation_2d", "algorithm.name=maml_trpo", "rl.maml_trpo.fvp_tasks=0"], ["rl.maml_trpo", "fvp_tasks", "0"]),
 ]
 
 MALFORMED = [

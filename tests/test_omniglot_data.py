@@ -268,14 +268,17 @@ def expected_side(fam: OmniglotTasks, task: TaskDescriptor, queries: int, side: 
     for item in order:
         label, j = divmod(int(item), per)
         image = np.rot90(fam.data.images[ep.characters[label], ep.drawings[label, offset + j]], ep.rotations[label])
-        xs.append(to_float(image)[None])
+        dy, dx = ep.shifts[label, offset + j]
+        moved = np.full_like(image, 255)  # paper; then the drawing pasted at its offset, cut at the border
+        moved[max(dy, 0) : 28 + min(dy, 0), max(dx, 0) : 28 + min(dx, 0)] = image[max(-dy, 0) : 28 - max(dy, 0), max(-dx, 0) : 28 - max(dx, 0)]
+        xs.append(to_float(moved)[None])
         ys.append(label)
     return np.stack(xs), np.array(ys)
 
 
-@pytest.mark.parametrize(("ways", "shots", "queries", "rotations"), [(5, 1, 15, True), (20, 5, 3, False)])
-def test_episodes_match_reference_and_are_consistent(root, cache, ways, shots, queries, rotations) -> None:
-    fam = family(root, cache, ways=ways, shots=shots, queries=queries, rotations=rotations)
+@pytest.mark.parametrize(("ways", "shots", "queries", "rotations", "shift"), [(5, 1, 15, True, 0), (20, 5, 3, False, 0), (5, 2, 3, True, 3)])
+def test_episodes_match_reference_and_are_consistent(root, cache, ways, shots, queries, rotations, shift) -> None:
+    fam = family(root, cache, ways=ways, shots=shots, queries=queries, rotations=rotations, shift=shift)
     ds = descriptors(seed=7, split="train", iteration=3, count=4)
     batch = fam.batch(ds)
     assert set(batch) == set(KEYS)
@@ -301,6 +304,25 @@ def test_episodes_match_reference_and_are_consistent(root, cache, ways, shots, q
         assert (ep.rotations == 0).all() != rotations
         # Labels are a random assignment, and the support is shuffled rather than class-major.
         assert not np.array_equal(batch["support_y"][t].numpy(), np.repeat(np.arange(n), shots))
+
+
+def test_shift_moves_only_training_drawings_and_changes_nothing_else(root, cache) -> None:
+    plain, moved = family(root, cache, queries=5), family(root, cache, queries=5, shift=2)
+    train = descriptors(seed=3, split="train", iteration=0, count=6)
+    a, b = plain.batch(train), moved.batch(train)
+    for key in ("support_y", "query_y", "order"):  # the same episode: classes, labels and orders
+        assert torch.equal(a[key], b[key]), key
+    shifts = np.concatenate([moved.sample(t).shifts.reshape(-1, 2) for t in train])
+    assert shifts.min() == -2 and shifts.max() == 2 and (shifts != 0).any(1).mean() > 0.5
+    assert not torch.equal(a["query_x"], b["query_x"])
+    ink_a, ink_b = a["query_x"].sum((-1, -2)), b["query_x"].sum((-1, -2))
+    assert (ink_b <= ink_a + 1e-4).all()  # moved, not redrawn: ink can only fall off the border (exact images: the reference test)
+    for split in ("val", "test"):  # augmentation never touches what the model is measured on
+        held = descriptors(seed=3, split=split, iteration=0, count=3)
+        x, y = plain.batch(held), moved.batch(held)
+        assert all(torch.equal(x[k], y[k]) for k in KEYS), split
+    with pytest.raises(ValueError, match="shift"):
+        family(root, cache, shift=14)
 
 
 def test_episodes_are_pure_functions_of_descriptors(root, cache) -> None:

@@ -19,7 +19,7 @@ from tasks.base import TaskDescriptor
 from tasks.omniglot.archives import DRAWINGS
 from tasks.omniglot.data import OmniglotData, load_omniglot
 from tasks.omniglot.errors import DatasetError
-from tasks.omniglot.images import SIZE, to_float
+from tasks.omniglot.images import PAPER, SIZE, to_float
 from tasks.omniglot.splits import SplitSpec, split_characters
 
 ROTATIONS = 4  # quarter turns; each rotation of a character is a class of its own (Santoro et al.)
@@ -35,6 +35,7 @@ class Episode:
     support_order: np.ndarray  # int64 [N*K]: position p of the support holds class-major item support_order[p]
     query_order: np.ndarray  # int64 [N*Q], likewise
     order: np.ndarray  # int64 [N*(K+Q)]: a permutation for sequence models over concat(support, query)
+    shifts: np.ndarray  # int64 [N, K+Q, 2]: (down, right) translation of each drawing, 0 without augmentation
 
 
 class OmniglotTasks:
@@ -51,9 +52,10 @@ class OmniglotTasks:
         rotations: bool = True,
         split: SplitSpec = "auto",
         cache_dir: str | Path | None = None,
+        shift: int = 0,
     ):
-        if ways < 1 or shots < 1 or queries < 0:
-            raise ValueError(f"expected ways >= 1, shots >= 1, queries >= 0; got {ways}, {shots}, {queries}")
+        if ways < 1 or shots < 1 or queries < 0 or not 0 <= shift < SIZE // 2:
+            raise ValueError(f"expected ways >= 1, shots >= 1, queries >= 0, 0 <= shift < {SIZE // 2}; got {ways}, {shots}, {queries}, {shift}")
         _check_drawings(shots, queries)
         self.root = Path(root)
         self.ways = ways
@@ -61,6 +63,7 @@ class OmniglotTasks:
         self.queries = queries
         self.output_dim = ways
         self.rotations = rotations
+        self.shift = shift  # training episodes only: augmentation never touches val or test
         self.split = split
         self.cache_dir = cache_dir
         self._data: OmniglotData | None = None
@@ -101,13 +104,17 @@ class OmniglotTasks:
         # ``choice`` returns the classes in random order, so label i = classes[i] is a random labelling.
         classes = rng.choice(len(chars) * turns, size=n, replace=False)
         drawings = np.argsort(rng.random((n, DRAWINGS)), axis=1)[:, : k + queries]
+        support_order, query_order, order = rng.permutation(n * k), rng.permutation(n * queries), rng.permutation(n * (k + queries))
+        s = self.shift if task.split == "train" else 0  # drawn last: the rest of the episode is the same with or without
+        shifts = rng.integers(-s, s + 1, size=(n, k + queries, 2)) if s else np.zeros((n, k + queries, 2), np.int64)
         return Episode(
             characters=chars[classes // turns],
             rotations=(classes % turns).astype(np.int64),
             drawings=drawings.astype(np.int64),
-            support_order=rng.permutation(n * k),
-            query_order=rng.permutation(n * queries),
-            order=rng.permutation(n * (k + queries)),
+            support_order=support_order,
+            query_order=query_order,
+            order=order,
+            shifts=shifts,
         )
 
     def batch(self, tasks: list[TaskDescriptor], queries: int | None = None) -> TaskBatch:
@@ -123,8 +130,9 @@ class OmniglotTasks:
         chars = stack("characters", (n,))
         turns = stack("rotations", (n,))
         drawings = stack("drawings", (n, k + queries))
-        support_x, support_y = self._gather(chars, turns, drawings[:, :, :k], stack("support_order", (n * k,)))
-        query_x, query_y = self._gather(chars, turns, drawings[:, :, k:], stack("query_order", (n * queries,)))
+        shifts = stack("shifts", (n, k + queries, 2))
+        support_x, support_y = self._gather(chars, turns, drawings[:, :, :k], stack("support_order", (n * k,)), shifts[:, :, :k])
+        query_x, query_y = self._gather(chars, turns, drawings[:, :, k:], stack("query_order", (n * queries,)), shifts[:, :, k:])
         return {
             "support_x": torch.from_numpy(support_x),
             "support_y": torch.from_numpy(support_y),
@@ -134,7 +142,7 @@ class OmniglotTasks:
         }
 
     def _gather(
-        self, chars: np.ndarray, turns: np.ndarray, drawings: np.ndarray, order: np.ndarray
+        self, chars: np.ndarray, turns: np.ndarray, drawings: np.ndarray, order: np.ndarray, shifts: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Images [T, P, 1, 28, 28] and labels [T, P] of one side of the episodes.
 
@@ -152,7 +160,21 @@ class OmniglotTasks:
             hit = turn == quarter
             if hit.any():
                 images[hit] = np.rot90(images[hit], quarter, axes=(-2, -1))
+        images = translate(images, np.take_along_axis(shifts.reshape(t, n * per, 2), order[..., None], axis=1))
         return to_float(images)[:, :, None], labels.astype(np.int64)
+
+
+def translate(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Each uint8 image [..., 28, 28] moved by its (down, right) shift [..., 2], paper filling the gap."""
+    s = int(np.abs(shifts).max(initial=0))
+    if s == 0:
+        return images
+    padded = np.pad(images, [(0, 0)] * (images.ndim - 2) + [(s, s), (s, s)], constant_values=PAPER)
+    out = images.copy()
+    for dy, dx in np.unique(shifts.reshape(-1, 2), axis=0):
+        hit = (shifts == (dy, dx)).all(-1)
+        out[hit] = padded[hit][:, s - dy : s - dy + SIZE, s - dx : s - dx + SIZE]
+    return out
 
 
 def _check_drawings(shots: int, queries: int) -> None:

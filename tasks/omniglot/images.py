@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from tasks.omniglot.errors import DatasetError
 
 SIZE = 28
+PAPER = 255  # the background's uint8 gray (ink is 0)
 
 
 def preprocess_png(source: bytes | str | os.PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
