@@ -27,9 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
-from orchestrator.config import Config, load_config
+from orchestrator.config import Config, load_config, read_yaml_mapping
 from orchestrator.errors import UserError
 from orchestrator.preflight import TIMEOUT_S, check_tracking_uri, redact, sqlite_path, tracking_uri_for
 
@@ -76,18 +74,7 @@ def job_address(address: str | None) -> str:
 
 def runtime_env(path: str | None) -> dict[str, Any]:
     """The runtime env of ``--runtime-env FILE`` (YAML), plus the working dir, excludes and env vars."""
-    env: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"--runtime-env {path}: file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"--runtime-env {path}: not valid YAML ({getattr(exc, 'problem', None) or exc.__class__.__name__})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"--runtime-env {path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        env = dict(loaded or {})
+    env = read_yaml_mapping(path, "--runtime-env") if path else {}
     where = f"--runtime-env {path}" if path else "runtime env"
     env.setdefault("working_dir", ".")
     if not isinstance(env["working_dir"], str):

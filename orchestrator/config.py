@@ -342,24 +342,27 @@ def from_dict(data: dict[str, Any], source: str = "") -> Config:
         raise UserError(_format_error(exc, source)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is ``{}``), read with ``safe_load``;
+    ``what`` names the file in errors ("config file", "--runtime-env")."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{what} {path} is not valid YAML: {getattr(exc, 'problem', None) or exc.__class__.__name__}{where}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise UserError(f"{what} {path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML file (or the defaults), apply ``--set`` overrides, validate."""
-    data: dict[str, Any] = {}
-    source = "(defaults)"
-    if path is not None:
-        source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise UserError(f"config file {path} is not valid YAML: {getattr(exc, 'problem', None) or exc.__class__.__name__}{where}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"config file {path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
+    data = read_yaml_mapping(path, "config file") if path is not None else {}
+    source = "(defaults)" if path is None else str(path)
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
     return from_dict(data, source)

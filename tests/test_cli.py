@@ -194,6 +194,23 @@ def test_load_config_rejects(job, text, overrides, needles):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "text,needle", [(None, "--runtime-env not found"), ("a: [1\n", "is not valid YAML"), ("- 1\n", "expected a mapping at the top level, got list")]
+)
+def test_runtime_env_file_is_read_like_a_config_file(tmp_path, text, needle):
+    """``submit --runtime-env`` shares the config file's reader: the same three errors, naming the flag and the file."""
+    from cluster.jobs import runtime_env
+
+    path = tmp_path / "env.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UserError) as info:
+        runtime_env(str(path))
+    assert needle in str(info.value) and str(path) in str(info.value)
+    path.write_text("")  # empty: the defaults only
+    assert runtime_env(str(path))["working_dir"] == "."
+
+
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 

@@ -75,7 +75,7 @@ def test_yaml_with_python_tags_is_refused_and_runs_no_code(workdir, capsys):
     assert "not valid YAML" in capsys.readouterr().err
     # a runtime env file is read the same way, before anything is contacted (port 1: nothing there)
     assert _exit_code(["submit", "ok.yaml", "--address", "http://127.0.0.1:1", "--runtime-env", "evil.yaml"]) == 2
-    assert "--runtime-env evil.yaml: not valid YAML" in capsys.readouterr().err
+    assert "--runtime-env evil.yaml is not valid YAML" in capsys.readouterr().err
     assert not marker.exists()
 
 
