@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -73,3 +79,55 @@ def answers(url: str) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with its own sqlite store and proxied artifacts
+    under ``root``; it can be stopped and started again on the same port (an outage)."""
+
+    def __init__(self, root: Path, port: int | None = None, env: dict[str, str] | None = None):
+        self.root, self.port = root, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = root / "server.log"
+        # The job runner (7 background consumer processes) is for GenAI features this project
+        # never uses; without it the server starts faster and leaves the 2 CPUs to training.
+        self.env = {**(os.environ if env is None else env), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.proc: subprocess.Popen | None = None
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (to start other services alongside)."""
+        here = Path(sys.executable).parent / "mlflow"
+        exe = str(here) if here.is_file() else shutil.which("mlflow")
+        if exe is None:
+            pytest.fail("no mlflow executable next to the interpreter or on PATH")
+        cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts"]  # fmt: skip
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.root, env=self.env, start_new_session=True)  # fmt: skip
+
+    def healthy(self) -> bool:
+        """Whether it answers; fails the test if the process has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')[-3000:]}")
+        return answers(self.url + "/health")
+
+    def start(self, timeout_s: float = 120) -> MlflowServer:
+        self.launch()
+        deadline = time.monotonic() + timeout_s
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {timeout_s:.0f}s:\n{self.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.25)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.proc = None

@@ -12,9 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +21,7 @@ import ray
 import torch
 
 import faulty
-from conftest import answers, free_port, tiny_config
+from conftest import MlflowServer, free_port, tiny_config
 from orchestrator.aggregation import chunk
 from orchestrator.components import build_components
 from orchestrator.tracking import Tracker
@@ -125,39 +122,6 @@ def test_node_added_mid_run_grows_an_elastic_pool(faults):
 
 # -- a tracking outage ---------------------------------------------------------------------
 OUTAGE_S = 60.0
-
-
-class MlflowServer:
-    """``mlflow server`` (own sqlite store) that can be stopped and started on the same port."""
-
-    def __init__(self, root: Path):
-        self.root, self.port = root, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 120) -> None:
-        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts"]  # fmt: skip
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(self.root / "server.log", "ab") as log_file:
-            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.root, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while not answers(self.url + "/health"):
-            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not come up"
-            time.sleep(0.25)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self.proc = None
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 
 from cluster.jobs import wait_terminal
 from orchestrator import cli
-from conftest import answers, free_ports
+from conftest import MlflowServer, answers, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -88,8 +88,9 @@ def services(tmp_path_factory):
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `metaorch` is this environment's
     for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    head_log, mlflow_log = root / "head.log", root / "mlflow.log"
-    procs: list[tuple[subprocess.Popen, str | None]] = []
+    head_log = root / "head.log"
+    head: subprocess.Popen | None = None
+    server: MlflowServer | None = None
     try:
         with open(head_log, "wb") as out:
             head = subprocess.Popen(
@@ -99,31 +100,20 @@ def services(tmp_path_factory):
                  f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-            procs.append((head, temp_dir))
-        with open(mlflow_log, "wb") as out:
-            server = subprocess.Popen(
-                [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                 "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                 "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts"],
-                env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=root,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-            procs.append((server, None))
-        job_api, tracking = f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{mlflow_port}"
+        server = MlflowServer(root, mlflow_port, env)
+        server.launch()
+        job_api, tracking = f"http://127.0.0.1:{dash}", server.url
         deadline = time.monotonic() + START_S
-        while not (
-            "Ray runtime started" in head_log.read_text(errors="replace")
-            and answers(f"{job_api}/api/version")
-            and answers(f"{tracking}/health")
-        ):
-            for p, log in ((head, head_log), (server, mlflow_log)):
-                assert p.poll() is None, f"{p.args[3]} exited:\n{log.read_text(errors='replace')[-3000:]}"
-            assert time.monotonic() < deadline, f"not up after {START_S:.0f}s:\n{head_log.read_text()[-2000:]}\n{mlflow_log.read_text()[-2000:]}"
+        while not ("Ray runtime started" in head_log.read_text(errors="replace") and answers(f"{job_api}/api/version") and server.healthy()):
+            assert head.poll() is None, f"ray start exited:\n{head_log.read_text(errors='replace')[-3000:]}"
+            assert time.monotonic() < deadline, f"not up after {START_S:.0f}s:\n{head_log.read_text()[-2000:]}\n{server.log.read_text()[-2000:]}"
             time.sleep(0.5)
         yield job_api, tracking, env
     finally:
-        for p, marker in procs:
-            _stop(p, marker)
+        if head is not None:
+            _stop(head, temp_dir)
+        if server is not None:
+            server.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -6,75 +6,25 @@ every check reads back through ``MlflowClient``, exactly what a user would see i
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import answers, free_port, tiny_config
+from conftest import MlflowServer, free_port, tiny_config
 from orchestrator.components import build_components
 from orchestrator.tracking import Tracker
 from tasks import descriptors
 
-SERVER_START_S = 60.0
-
-
-def _mlflow_bin() -> str:
-    here = Path(sys.executable).parent / "mlflow"
-    if here.is_file():
-        return str(here)
-    found = shutil.which("mlflow")
-    if found is None:
-        pytest.fail("no mlflow executable next to the interpreter or on PATH")
-    return found
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` on a free local port; yields its URL and stops it at the end."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = root / "server.log"
-    cmd = [
-        _mlflow_bin(),
-        "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--serve-artifacts",
-    ]  # fmt: skip
-    # The job runner (7 background consumer processes) is for GenAI features this project never
-    # uses; without it the server starts faster and leaves the 2 CPUs to training.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while not answers(url + "/health"):
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_START_S:.0f}s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.25)
-        yield url
+        yield server.start(timeout_s=60).url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        server.stop()
 
 
 # -- helpers -------------------------------------------------------------------------------
