@@ -19,7 +19,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pytest  # noqa: E402
 
-from orchestrator.config import Config, from_dict  # noqa: E402
+from orchestrator.config import Config, deep_merge, from_dict  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +48,7 @@ def tiny_config(**sections) -> Config:
         "eval": {"tasks": 20, "steps": [1, 5], "val_every": 10, "val_tasks": 10, "plot_tasks": 2},
         "checkpoint": {"every": 10},
     }
-    for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
-    return from_dict(base, "(test)")
+    return from_dict(deep_merge(base, sections), "(test)")
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.components import build_components
 from algorithms import EPISODIC
-from orchestrator.config import from_dict
+from orchestrator.config import deep_merge, from_dict
 from orchestrator.evaluation import classification_test
 from orchestrator.trainer import evaluate, train
 from tasks import descriptors
@@ -36,9 +36,7 @@ def omniglot_config(cache: Path, algorithm: dict, iterations: int, **sections) -
         "eval": {"tasks": 60, "queries": 5, "steps": [algorithm.get("inner_steps", 1)], "val_every": 10**6, "val_tasks": 10},
         "checkpoint": {"every": 10**6},
     }
-    for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
-    return from_dict(base, "(test)")
+    return from_dict(deep_merge(base, sections), "(test)")
 
 
 # Budgets: enough episodes that every method clears both bars with room on this machine.
