@@ -43,6 +43,19 @@ class SupportNorm(nn.Module):
         return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
 
 
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in oneDNN's preferred layout, where max-pool is ~10x and batch norm ~4x faster
+    on CPU than in NCHW; every conv then returns it too.
+
+    A 1-channel image's NCHW strides are also valid channels-last strides, so
+    ``contiguous(memory_format=channels_last)`` leaves them as they are and conv reads them
+    as NCHW; the same memory viewed with channels-last strides tells it otherwise.
+    """
+    n, c, h, w = x.shape
+    x = x.contiguous(memory_format=torch.channels_last)
+    return x.as_strided(x.shape, (c * h * w, 1, w * c, c)) if c == 1 else x
+
+
 class Conv4(nn.Module):
     """[B, 1, 28, 28] -> [B, 64]."""
 
@@ -55,9 +68,11 @@ class Conv4(nn.Module):
 
     def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
         if torch._C._functorch.maybe_current_level() is None:  # vmap has no channels_last
-            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's layout: 0-12% faster per MAML episode here
+            x = to_channels_last(x)
         for conv, norm in zip(self.convs, self.norms):
-            x = F.max_pool2d(F.relu(norm(conv(x), stats_rows)), 2)
+            # ReLU after the pool: max commutes with it, so values and gradients are the same,
+            # on a quarter of the elements.
+            x = F.relu(F.max_pool2d(norm(conv(x), stats_rows), 2))
         return x.flatten(1)
 
 

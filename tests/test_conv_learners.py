@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from algorithms import ANIL, MAML, Conv4Classifier, FunctionalModel, build_learner
+from algorithms.conv4 import to_channels_last
 
 F64 = torch.float64
 
@@ -41,8 +42,31 @@ def test_conv4_matches_torch_batchnorm_in_training_mode() -> None:
         torch.nn.Flatten(),
         net.head,
     )
-    x = torch.rand(7, 1, 28, 28, dtype=F64)
+    x = torch.rand(7, 1, 28, 28, dtype=F64, requires_grad=True)
     torch.testing.assert_close(net(x), ref(x))
+
+    # ReLU after the pool: the same first and second derivatives (MAML's outer gradient
+    # differentiates the inner gradient), through the parameters and the input
+    y = torch.arange(7) % 5
+    params = list(net.body.convs.parameters()) + list(net.head.parameters())
+
+    def second_order(model: torch.nn.Module) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+        return list(torch.autograd.grad(sum((g * g).sum() for g in grads), [x, *params]))
+
+    for ours, textbook in zip(second_order(net), second_order(ref)):
+        torch.testing.assert_close(ours, textbook)
+
+
+def test_conv4_runs_channels_last() -> None:
+    """oneDNN's fast layout from the first conv on, also for 1-channel images, whose NCHW
+    strides ``contiguous(memory_format=channels_last)`` leaves alone."""
+    x = torch.rand(3, 1, 28, 28)
+    assert to_channels_last(x).equal(x)
+    first = F.conv2d(to_channels_last(x), torch.randn(8, 1, 3, 3), padding=1)
+    assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
+    rgb = torch.rand(3, 3, 28, 28)
+    assert to_channels_last(rgb).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_not_transductive_queries_do_not_see_each_other() -> None:

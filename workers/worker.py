@@ -7,6 +7,7 @@ package never imports the driver's configuration.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +57,29 @@ def device_for(num_gpus: float) -> torch.device:
     return torch.device("cpu")
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(max_bytes: int = 1 << 30) -> bool:
+    """Let glibc's malloc keep up to ``max_bytes`` of freed memory instead of returning it.
+
+    A Conv-4 MAML chunk allocates and frees the same ~15 MB activations dozens of times per
+    outer update. By default glibc hands freed heap tops back to the OS, and every reuse
+    then page-faults its memory in again (~40,000 faults per 8-task chunk here). Keeping
+    it makes a chunk ~10% faster. A no-op (False) where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    # 32 MB is glibc's largest mmap threshold; larger blocks are still mapped and unmapped
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, max_bytes))
+
+
 class MetaWorker:
     def __init__(self, build: Build, threads: int = 1, num_gpus: float = 0.0):
         torch.set_num_threads(threads)
+        keep_freed_memory()
         self.device = device_for(num_gpus)
         self.family, self.learner = build()
         self.learner.model.to(self.device)
