@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from algorithms.base import TaskBatch, Vectorize, accuracy
+from algorithms.base import OuterUpdate, TaskBatch, Vectorize
 from algorithms.conv4 import Conv4
 from algorithms.episodic import EpisodicLearner, Metrics
 from algorithms.models import FunctionalModel
@@ -184,14 +184,21 @@ class MANNNetwork(nn.Module):
 
 
 def shifted_labels(y: torch.Tensor, ways: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One-hot label of step t-1 at step t, zeros at t=0: labels arrive one step late."""
+    """One-hot label of step t-1 at step t, zeros at t=0: labels arrive one step late.
+    y [..., T] -> [..., T, ways]."""
     y1 = one_hot(y, ways, dtype)
-    return torch.cat([torch.zeros_like(y1[:1]), y1[:-1]])
+    return torch.cat([torch.zeros_like(y1[..., :1, :]), y1[..., :-1, :]], -2)
 
 
 class MANN(EpisodicLearner):
     """Santoro et al.'s MANN; defaults are the paper's Omniglot setting (200 LSTM units,
-    128 x 40 memory, 4 read heads) on a Conv-4 with ``filters`` channels (64-d embedding)."""
+    128 x 40 memory, 4 read heads) on a Conv-4 with ``filters`` channels (64-d embedding).
+
+    The core is stepped once per time step for a whole batch of sequences, so a chunk's
+    episodes share every step (``outer_update`` with ``vectorize="loop"``): the step is ~30
+    small ops, and one sequence per call would spend most of its time dispatching them.
+    Functions below take episodes stacked on a leading dim E.
+    """
 
     def __init__(
         self,
@@ -210,15 +217,18 @@ class MANN(EpisodicLearner):
         super().__init__(FunctionalModel(net), transductive, vectorize)
         self.ways = ways
 
+    def _core(self, meta_params: torch.Tensor, z: torch.Tensor, y_prev: torch.Tensor, state: MemoryState | None = None):
+        return self.model.sub(meta_params, "core", z, y_prev, state)
+
     def _query_logits(self, meta_params: torch.Tensor, zs: torch.Tensor, support_y: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
-        """The support sequence once, then one step per query from a copy of its final state,
-        so no query sees another."""
-        _, state = self.model.sub(meta_params, "core", zs[None], shifted_labels(support_y, self.ways, zs.dtype)[None])
-        nq = zq.shape[0]
-        state = MemoryState(*(s.expand(nq, *s.shape[1:]) for s in state))
-        last = one_hot(support_y[-1], self.ways, zq.dtype).expand(nq, self.ways)
-        logits, _ = self.model.sub(meta_params, "core", zq[:, None], last[:, None], state)
-        return logits[:, 0]
+        """zs [E, S, D], support_y [E, S], zq [E, Q, D] -> [E, Q, N]: each support sequence
+        once, then one step per query from a copy of its final state, so no query sees another."""
+        _, state = self._core(meta_params, zs, shifted_labels(support_y, self.ways, zs.dtype))
+        e, nq = zq.shape[:2]
+        state = MemoryState(*(s[:, None].expand(e, nq, *s.shape[1:]).flatten(0, 1) for s in state))
+        last = one_hot(support_y[:, -1], self.ways, zq.dtype)[:, None].expand(e, nq, self.ways).flatten(0, 1)
+        logits, _ = self._core(meta_params, zq.flatten(0, 1)[:, None], last[:, None], state)
+        return logits[:, 0].unflatten(0, (e, nq))
 
     def query_logits(
         self,
@@ -229,43 +239,66 @@ class MANN(EpisodicLearner):
         steps: int | None = None,
     ) -> torch.Tensor:
         zs, zq = self.embed(meta_params, support_x, query_x, module="encoder")
-        return self._query_logits(meta_params, zs, support_y, zq)
+        return self._query_logits(meta_params, zs[None], support_y[None], zq[None])[0]
 
     def sequence_logits(self, meta_params: torch.Tensor, task: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits [T, N] and labels [T] of the training sequence: support and queries
         interleaved by ``task["order"]``, each label given one step late."""
         zs, zq = self.embed(meta_params, task["support_x"], task["query_x"], module="encoder")
-        return self._sequence_logits(meta_params, zs, zq, task)
+        logits, y = self._sequence_logits(meta_params, zs[None], zq[None], {k: v[None] for k, v in task.items()})
+        return logits[0], y[0]
 
     def _sequence_logits(
-        self, meta_params: torch.Tensor, zs: torch.Tensor, zq: torch.Tensor, task: TaskBatch
+        self, meta_params: torch.Tensor, zs: torch.Tensor, zq: torch.Tensor, tasks: TaskBatch
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.cat([zs, zq])[task["order"]]
-        y = torch.cat([task["support_y"], task["query_y"]])[task["order"]]
-        logits, _ = self.model.sub(meta_params, "core", z[None], shifted_labels(y, self.ways, z.dtype)[None])
-        return logits[0], y
+        order = tasks["order"]
+        z = torch.cat([zs, zq], 1).gather(1, order[..., None].expand(*order.shape, zs.shape[-1]))
+        y = torch.cat([tasks["support_y"], tasks["query_y"]], 1).gather(1, order)
+        logits, _ = self._core(meta_params, z, shifted_labels(y, self.ways, z.dtype))
+        return logits, y
 
-    def episode_loss(self, meta_params: torch.Tensor, task: TaskBatch) -> tuple[torch.Tensor, Metrics]:
-        """Cross-entropy over every step of the sequence.
+    def _episodes_loss(
+        self, meta_params: torch.Tensor, zs: torch.Tensor, zq: torch.Tensor, tasks: TaskBatch
+    ) -> tuple[torch.Tensor, Metrics]:
+        """Per episode [E]: cross-entropy over every step of its sequence, and the metrics.
 
-        Metrics: ``accuracy`` is ``query_logits``' accuracy, comparable with other methods;
+        ``accuracy`` is ``query_logits``' accuracy, comparable with other methods;
         ``acc_instance_i`` is the accuracy at the i-th occurrence of a class in the sequence,
         for the i in INSTANCES that every class reaches if episodes are balanced
         (i <= T / ways), so the keys depend only on the configuration. In an unbalanced
         episode an instance is averaged over the classes that reach it (0 if none does).
         """
-        zs, zq = self.embed(meta_params, task["support_x"], task["query_x"], module="encoder")
-        logits, y = self._sequence_logits(meta_params, zs, zq, task)
-        loss = F.cross_entropy(logits, y)
+        logits, y = self._sequence_logits(meta_params, zs, zq, tasks)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(-1)
         with torch.no_grad():  # metrics only: torch.func.grad respects an inner no_grad
             correct = (logits.argmax(-1) == y).to(logits.dtype)
             y1 = one_hot(y, self.ways, logits.dtype)
-            instance = (y1.cumsum(0) * y1).sum(-1)  # occurrence number of y_t so far
+            instance = (y1.cumsum(-2) * y1).sum(-1)  # occurrence number of y_t so far
             metrics = {}
             for i in INSTANCES:
-                if i <= y.shape[0] // self.ways:
+                if i <= y.shape[-1] // self.ways:
                     at = (instance == i).to(logits.dtype)
-                    metrics[f"acc_instance_{i}"] = (correct * at).sum() / at.sum().clamp(min=1)
-            query = self._query_logits(meta_params, zs, task["support_y"], zq)
-            metrics["accuracy"] = accuracy(query, task["query_y"])
+                    metrics[f"acc_instance_{i}"] = (correct * at).sum(-1) / at.sum(-1).clamp(min=1)
+            query = self._query_logits(meta_params, zs, tasks["support_y"], zq)
+            metrics["accuracy"] = (query.argmax(-1) == tasks["query_y"]).to(logits.dtype).mean(-1)
         return loss, metrics
+
+    def episode_loss(self, meta_params: torch.Tensor, task: TaskBatch) -> tuple[torch.Tensor, Metrics]:
+        zs, zq = self.embed(meta_params, task["support_x"], task["query_x"], module="encoder")
+        loss, metrics = self._episodes_loss(meta_params, zs[None], zq[None], {k: v[None] for k, v in task.items()})
+        return loss[0], {k: v[0] for k, v in metrics.items()}
+
+    def outer_update(self, meta_params: torch.Tensor, batch: TaskBatch) -> OuterUpdate:
+        """``vectorize="loop"``: each episode's images through the encoder on their own (their
+        own batch-norm statistics), then all the chunk's sequences through the core together,
+        in one autograd graph."""
+        if self.vectorize == "vmap":
+            return super().outer_update(meta_params, batch)
+        leaf = meta_params.detach().requires_grad_(True)
+        with torch.enable_grad():
+            embedded = [self.embed(leaf, sx, qx, module="encoder") for sx, qx in zip(batch["support_x"], batch["query_x"])]
+            zs, zq = (torch.stack(z) for z in zip(*embedded))
+            loss, metrics = self._episodes_loss(leaf, zs, zq, batch)
+            (direction,) = torch.autograd.grad(loss.sum(), leaf)
+        loss = loss.detach()
+        return OuterUpdate(direction, pre_loss=loss, post_loss=loss, metrics=metrics)
