@@ -49,6 +49,8 @@ METHODS = {
     "metasgd": ({"name": "metasgd", "inner_lr": 0.4}, 60, {}),
     "anil": ({"name": "anil", "inner_lr": 0.4}, 60, {}),
     "snail": ({"name": "snail"}, 500, {}),
+    # 4 instances per class in training; a chunk's sequences share the core's steps.
+    "mann": ({"name": "mann"}, 900, {"task": {"queries": 3}, "outer": {"lr": 3e-3, "meta_batch": 16}, "workers": {"chunk_size": 8}}),
     # Nichol et al.'s recipe: inner Adam on mini-batches of support + queries ("train shots").
     "reptile": (
         {"name": "reptile", "inner_optimizer": "adam", "inner_lr": 0.001, "inner_steps": 5, "inner_batch": 10},
