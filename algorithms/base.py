@@ -87,7 +87,8 @@ def inner_grad(loss: Callable[[torch.Tensor], torch.Tensor], weights: torch.Tens
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(-1) == y).float().mean()
+    """Over the last dim of ``y``: one number per episode when episodes are stacked in front."""
+    return (logits.argmax(-1) == y).float().mean(-1)
 
 
 def map_tasks(fn: Callable, meta_params: torch.Tensor, batch: TaskBatch, vectorize: Vectorize):

@@ -56,7 +56,7 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     ``contiguous(memory_format=channels_last)`` leaves them as they are and conv reads them
     as NCHW; the same memory viewed with channels-last strides tells it otherwise.
     """
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     x = x.contiguous(memory_format=torch.channels_last)
     return x.as_strided(x.shape, (c * h * w, 1, w * c, c)) if c == 1 else x
 

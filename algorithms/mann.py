@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from algorithms.base import OuterUpdate, TaskBatch, Vectorize
+from algorithms.base import OuterUpdate, TaskBatch, Vectorize, accuracy
 from algorithms.conv4 import Conv4
 from algorithms.episodic import EpisodicLearner, Metrics
 from algorithms.models import FunctionalModel
@@ -280,7 +280,7 @@ class MANN(EpisodicLearner):
                     at = (instance == i).to(logits.dtype)
                     metrics[f"acc_instance_{i}"] = (correct * at).sum(-1) / at.sum(-1).clamp(min=1)
             query = self._query_logits(meta_params, zs, tasks["support_y"], zq)
-            metrics["accuracy"] = (query.argmax(-1) == tasks["query_y"]).to(logits.dtype).mean(-1)
+            metrics["accuracy"] = accuracy(query, tasks["query_y"])
         return loss, metrics
 
     def episode_loss(self, meta_params: torch.Tensor, task: TaskBatch) -> tuple[torch.Tensor, Metrics]:
