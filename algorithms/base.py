@@ -9,7 +9,9 @@ runs in a Ray worker, a test, or a notebook.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -71,18 +73,40 @@ class FewShotClassifier(MetaLearner, Protocol):
     ) -> torch.Tensor: ...
 
 
+_DIFFERENTIATED_TWICE: ContextVar[bool] = ContextVar("differentiated_twice", default=False)
+
+
+def differentiated_twice() -> bool:
+    """Whether the forward pass running now builds a graph that will be differentiated twice
+    (a second-order inner step). Models may choose kernels by it: Conv-4's double backward
+    is ~1.4x faster in NCHW than in channels-last, its single backward ~1.7x slower."""
+    return _DIFFERENTIATED_TWICE.get()
+
+
+@contextmanager
+def _twice(flag: bool) -> Iterator[None]:
+    token = _DIFFERENTIATED_TWICE.set(flag)
+    try:
+        yield
+    finally:
+        _DIFFERENTIATED_TWICE.reset(token)
+
+
 def inner_grad(loss: Callable[[torch.Tensor], torch.Tensor], weights: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """d loss / d weights for an inner loop, differentiable when ``create_graph``.
 
     Inside a ``torch.func`` transform (the vmap path) this is ``torch.func.grad``. Outside,
     plain autograd: for conv nets it is ~1.8x faster than ``torch.func.grad`` on CPU here.
+    ``loss`` runs under :func:`differentiated_twice` when the gradient is kept differentiable.
     """
     if torch._C._functorch.maybe_current_level() is not None:  # inside vmap / grad
-        g = grad(loss)(weights)
+        with _twice(create_graph):
+            g = grad(loss)(weights)
         return g if create_graph else g.detach()
-    with torch.enable_grad():
+    create_graph = create_graph and weights.requires_grad
+    with torch.enable_grad(), _twice(create_graph):
         w = weights if weights.requires_grad else weights.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(loss(w), w, create_graph=create_graph and weights.requires_grad)
+        (g,) = torch.autograd.grad(loss(w), w, create_graph=create_graph)
     return g
 
 

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from algorithms.base import differentiated_twice
+
 EMBEDDING_DIM = 64
 
 
@@ -50,7 +52,8 @@ def under_vmap() -> bool:
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` in oneDNN's preferred layout, where max-pool is ~10x and batch norm ~4x faster
-    on CPU than in NCHW; every conv then returns it too.
+    on CPU than in NCHW; every conv then returns it too. (Not for graphs differentiated
+    twice: their double backward is faster in NCHW.)
 
     A 1-channel image's NCHW strides are also valid channels-last strides, so
     ``contiguous(memory_format=channels_last)`` leaves them as they are and conv reads them
@@ -72,7 +75,9 @@ class Conv4(nn.Module):
         self.out_features = filters
 
     def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
-        if not under_vmap():  # vmap cannot ask for channels-last strides; torch.func.grad can
+        # vmap cannot ask for channels-last strides (torch.func.grad can); a second-order
+        # inner step's double backward is faster in NCHW (algorithms.base.differentiated_twice).
+        if not under_vmap() and not differentiated_twice():
             x = to_channels_last(x)
         for conv, norm in zip(self.convs, self.norms):
             # ReLU after the pool: max commutes with it, so values and gradients are the same,

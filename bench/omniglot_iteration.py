@@ -156,7 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "omniglot"))
     ap.add_argument("--iterations", type=int, default=30, help="orchestrator iterations")
-    ap.add_argument("--baseline-iterations", type=int, default=6)
+    ap.add_argument("--baseline-iterations", type=int, default=11, help="per baseline; the first is dropped")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         config = bench_config(os.path.abspath(args.root), cache, args.iterations)

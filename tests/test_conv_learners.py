@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from algorithms import ANIL, MAML, Conv4Classifier, FunctionalModel, build_learner
+from algorithms.base import differentiated_twice, inner_grad
 from algorithms.conv4 import to_channels_last
 
 F64 = torch.float64
@@ -67,6 +68,23 @@ def test_conv4_runs_channels_last() -> None:
     assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
     rgb = torch.rand(3, 3, 28, 28)
     assert to_channels_last(rgb).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_second_order_inner_steps_build_their_graph_in_nchw() -> None:
+    """A graph that will be differentiated twice runs NCHW (faster double backward); every
+    other forward, the first-order inner step included, runs channels-last."""
+    model = FunctionalModel(Conv4Classifier(3))
+    seen: list[tuple[bool, bool]] = []
+    model.module.body.convs[0].register_forward_pre_hook(
+        lambda _, args: seen.append((differentiated_twice(), args[0].stride(1) == 1))  # 1 channel: channels-last strides
+    )
+    x, y = torch.rand(4, 1, 28, 28), torch.arange(4) % 3
+    w = model.init_params(0).requires_grad_(True)
+    for create_graph in (True, False):
+        inner_grad(lambda v: F.cross_entropy(model(v, x), y), w, create_graph)
+    model(w, x)
+    assert seen == [(True, False), (False, True), (False, True)]
+    assert not differentiated_twice()
 
 
 def test_not_transductive_queries_do_not_see_each_other() -> None:
