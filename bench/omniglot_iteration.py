@@ -132,6 +132,7 @@ def episodes_per_second(config: Config, iterations: int) -> None:
     fake = {k: (torch.rand(v.shape, generator=g) if v.is_floating_point() else v) for k, v in real[0].items()}
     n = iterations * META_BATCH
     print(f"{'episode building alone':<42} {n / build_s:9.0f} episodes/s")
+    learner.outer_update(params, fake)  # warm-up (oneDNN primitives, allocator), so neither timing below pays it
     t0 = time.perf_counter()
     for it in range(iterations):
         learner.outer_update(params, family.batch(descriptors(config.seed, "train", it, META_BATCH)))
