@@ -1,0 +1,87 @@
+"""What one context episode tells a trained PEARL on 2-D navigation (issue 4's PEARL target).
+
+For each goal: one episode with z from the prior (stochastic actions, as the meta-test's
+first episode), then one with z at the posterior mean of that episode's transitions and
+the mean action. Prints both returns, how close the context episode came to the goal,
+where the posterior episode ended, and the posterior episode's result grouped by that
+closest approach: if the encoder only localises the goal as well as the nearest point the
+context visited, the two distances track each other.
+
+    python bench/pearl_context.py CHECKPOINT [--goals 100] [--seed 123]
+
+CHECKPOINT: a ``navigation_2d`` PEARL checkpoint written by ``metaorch train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from algorithms.rl.pearl import make_context  # noqa: E402
+from orchestrator.checkpoint import load  # noqa: E402
+from orchestrator.components import build_env_family, build_policy  # noqa: E402
+from orchestrator.config import from_dict  # noqa: E402
+
+
+def episode(policy, actor: torch.Tensor, z: torch.Tensor, env, seed: int, deterministic: bool) -> tuple[np.ndarray, float]:
+    """The episode's transitions as context rows' parts (obs, action, reward, next obs) and its return."""
+    obs, _ = env.reset(seed=seed)
+    rows, total = [], 0.0
+    for _ in range(env.horizon):
+        with torch.no_grad():
+            action, _, _ = policy.act(policy.with_latent(actor, z), torch.as_tensor(obs)[None], None, deterministic)
+        action = action[0].numpy()
+        nxt, reward, terminated, truncated, _ = env.step(action)
+        rows.append((obs, action, reward, nxt))
+        total += reward
+        obs = nxt
+        if terminated or truncated:
+            break
+    return rows, total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoint")
+    ap.add_argument("--goals", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=123)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ckpt = load(args.checkpoint)
+    config = from_dict(yaml.safe_load(ckpt.config_yaml), f"in checkpoint {args.checkpoint}")
+    if config.algorithm.name != "pearl" or config.task.name != "navigation_2d":
+        sys.exit(f"{args.checkpoint}: a PEARL navigation_2d checkpoint is needed, got {config.algorithm.name} on {config.task.name}")
+    family = build_env_family(config)
+    policy = build_policy(config, family)
+    actor, encoder = policy.split(ckpt.meta_params.float())
+    rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
+    out = []
+    for i in range(args.goals):
+        goal = family.sample(rng)["goal"]
+        env = family.build({"goal": goal})
+        context, prior_return = episode(policy, actor, torch.randn(policy.config.latent_dim, generator=gen), env, i, False)
+        obs, act, rew, nxt = (np.asarray(x, np.float32) for x in zip(*context))
+        with torch.no_grad():
+            mu, _ = policy.posterior(encoder, torch.as_tensor(make_context(obs, act, rew, nxt, policy.config.use_next_obs)))
+        posterior, post_return = episode(policy, actor, mu, env, i, True)
+        closest = float(np.linalg.norm(nxt - goal, axis=1).min())
+        out.append((prior_return, post_return, closest, float(np.linalg.norm(posterior[-1][3] - goal))))
+    prior, post, closest, end = np.asarray(out).T
+    print(f"{args.goals} goals: return {prior.mean():.2f} in the context episode, {post.mean():.2f} after it")
+    print(f"context episode's closest approach to the goal: median {np.median(closest):.3f}")
+    print(f"posterior episode's final distance to the goal: median {np.median(end):.3f}; correlation with the closest approach {np.corrcoef(closest, end)[0, 1]:.2f}")
+    for bound in (0.05, 0.1, 0.2):
+        near = closest < bound
+        if near.any():
+            print(f"  context within {bound}: {near.sum():3d} goals, posterior ends at median {np.median(end[near]):.3f}, return {post[near].mean():.2f}")
+
+
+if __name__ == "__main__":
+    main()
