@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from algorithms.rl.pearl import make_context  # noqa: E402
 from orchestrator.checkpoint import load  # noqa: E402
 from orchestrator.components import build_env_family, build_policy  # noqa: E402
-from orchestrator.config import from_dict  # noqa: E402
+from orchestrator.errors import UserError  # noqa: E402
 
 
 def episode(policy, actor: torch.Tensor, z: torch.Tensor, env, seed: int, deterministic: bool) -> tuple[np.ndarray, float]:
@@ -54,10 +53,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=123)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    ckpt = load(args.checkpoint)
-    config = from_dict(yaml.safe_load(ckpt.config_yaml), f"in checkpoint {args.checkpoint}")
-    if config.algorithm.name != "pearl" or config.task.name != "navigation_2d":
-        sys.exit(f"{args.checkpoint}: a PEARL navigation_2d checkpoint is needed, got {config.algorithm.name} on {config.task.name}")
+    try:
+        ckpt = load(args.checkpoint)
+        config = ckpt.config(args.checkpoint)
+        if config.algorithm.name != "pearl" or config.task.name != "navigation_2d":
+            raise UserError(f"{args.checkpoint}: a PEARL navigation_2d checkpoint is needed, got {config.algorithm.name} on {config.task.name}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     family = build_env_family(config)
     policy = build_policy(config, family)
     actor, encoder = policy.split(ckpt.meta_params.float())

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
+from orchestrator.config import Config, from_dict
 from orchestrator.errors import UserError
 
 FORMAT_VERSION = 1
@@ -29,6 +31,10 @@ class Checkpoint:
     torch_rng: torch.Tensor
     run_id: str | None
     config_yaml: str
+
+    def config(self, source: str | Path) -> Config:
+        """The run's configuration as it was saved (``source`` names the checkpoint in errors)."""
+        return from_dict(yaml.safe_load(self.config_yaml), f"in checkpoint {source}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from algorithms.base import MetaLearner
 from orchestrator import checkpoint as ckpt_io
 from orchestrator.aggregation import chunk, reduce_in_order
 from orchestrator.components import build_components, build_env_family, build_rl, prepare_data
-from orchestrator.config import ANY_WAYS, Config, OuterConfig, from_dict
+from orchestrator.config import ANY_WAYS, Config, OuterConfig
 from orchestrator.console import Progress
 from orchestrator.errors import UserError
 from orchestrator.evaluation import Estimates, accuracies, classification_test, estimate, meta_test
@@ -510,7 +509,7 @@ def evaluate(
     uri = tracking_uri_for(tracking_uri, Config().tracking.uri)
     check_tracking_uri(uri)
     ckpt = resolve_checkpoint(source, uri, checkpoint_dir)
-    config = from_dict(yaml.safe_load(ckpt.config_yaml), f"in checkpoint {source}")
+    config = ckpt.config(source)
     tasks = tasks or config.eval.tasks
     steps = steps or config.eval.steps
     parent = ckpt.run_id
