@@ -5,11 +5,15 @@ first episode), then one with z at the posterior mean of that episode's transiti
 the mean action. Prints both returns, how close the context episode came to the goal,
 where the posterior episode ended, and the posterior episode's result grouped by that
 closest approach: if the encoder only localises the goal as well as the nearest point the
-context visited, the two distances track each other.
+context visited, the two distances track each other. As a yardstick for the encoder it also
+prints how well exact least squares locates the goal from the same context transitions,
+i.e. how much the episode itself tells.
 
-    python bench/pearl_context.py CHECKPOINT [--goals 100] [--seed 123]
+    python bench/pearl_context.py CHECKPOINT [--goals 100] [--seed 123] [--train]
 
-CHECKPOINT: a ``navigation_2d`` PEARL checkpoint written by ``metaorch train``.
+CHECKPOINT: a ``navigation_2d`` PEARL checkpoint written by ``metaorch train``; ``--train``
+takes the goals of the run's training tasks instead of fresh ones (do the held-out goals
+fail because they are new?).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from algorithms.rl.pearl import make_context  # noqa: E402
 from orchestrator.checkpoint import load  # noqa: E402
 from orchestrator.components import build_env_family, build_policy  # noqa: E402
 from orchestrator.errors import UserError  # noqa: E402
+from tasks.base import descriptors  # noqa: E402
 
 
 def episode(policy, actor: torch.Tensor, z: torch.Tensor, env, seed: int, deterministic: bool) -> tuple[np.ndarray, float]:
@@ -46,13 +51,29 @@ def episode(policy, actor: torch.Tensor, z: torch.Tensor, env, seed: int, determ
     return rows, total
 
 
+def triangulate(next_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, float]:
+    """The goal that explains every reward r = -|s' - g| exactly, and how well posed that is.
+
+    ``r² = |s'|² - 2 s'·g + |g|²`` is linear in (g, |g|²), so three visited points off one
+    line fix g. Returns g and the system's smallest singular value (0 when the points are
+    collinear and the goal's mirror image explains the rewards as well).
+    """
+    s = next_obs.astype(np.float64)
+    lhs = np.column_stack([2 * s, -np.ones(len(s))])
+    rhs = (s**2).sum(1) - rewards.astype(np.float64) ** 2
+    theta, _, _, singular = np.linalg.lstsq(lhs, rhs, rcond=None)
+    return theta[:2], float(singular[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
     ap.add_argument("--goals", type=int, default=100)
     ap.add_argument("--seed", type=int, default=123)
+    ap.add_argument("--train", action="store_true", help="the run's training goals (at most rl.pearl.train_tasks of them)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    torch.manual_seed(args.seed)  # the actions' noise
     try:
         ckpt = load(args.checkpoint)
         config = ckpt.config(args.checkpoint)
@@ -65,9 +86,12 @@ def main() -> None:
     policy = build_policy(config, family)
     actor, encoder = policy.split(ckpt.meta_params.float())
     rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
+    if args.train:
+        goals = [family.task(d)["goal"] for d in descriptors(config.seed, "train", 0, min(args.goals, config.rl.pearl.train_tasks))]
+    else:
+        goals = [family.sample(rng)["goal"] for _ in range(args.goals)]
     out = []
-    for i in range(args.goals):
-        goal = family.sample(rng)["goal"]
+    for i, goal in enumerate(goals):
         env = family.build({"goal": goal})
         context, prior_return = episode(policy, actor, torch.randn(policy.config.latent_dim, generator=gen), env, i, False)
         obs, act, rew, nxt = (np.asarray(x, np.float32) for x in zip(*context))
@@ -75,11 +99,17 @@ def main() -> None:
             mu, _ = policy.posterior(encoder, torch.as_tensor(make_context(obs, act, rew, nxt, policy.config.use_next_obs)))
         posterior, post_return = episode(policy, actor, mu, env, i, True)
         closest = float(np.linalg.norm(nxt - goal, axis=1).min())
-        out.append((prior_return, post_return, closest, float(np.linalg.norm(posterior[-1][3] - goal))))
-    prior, post, closest, end = np.asarray(out).T
-    print(f"{args.goals} goals: return {prior.mean():.2f} in the context episode, {post.mean():.2f} after it")
+        solved, conditioning = triangulate(nxt, rew)
+        end = float(np.linalg.norm(posterior[-1][3] - goal))
+        out.append((prior_return, post_return, closest, end, float(np.linalg.norm(solved - goal)), conditioning))
+    prior, post, closest, end, solved, conditioning = np.asarray(out).T
+    print(f"{len(goals)} {'training' if args.train else 'held-out'} goals: return {prior.mean():.2f} in the context episode, {post.mean():.2f} after it")
     print(f"context episode's closest approach to the goal: median {np.median(closest):.3f}")
     print(f"posterior episode's final distance to the goal: median {np.median(end):.3f}; correlation with the closest approach {np.corrcoef(closest, end)[0, 1]:.2f}")
+    print(
+        f"exact least squares on the same context: within 0.01 of the goal for {(solved < 0.01).sum()} goals, "
+        f"median error {np.median(solved):.1e}; smallest singular value median {np.median(conditioning):.3f}"
+    )
     for bound in (0.05, 0.1, 0.2):
         near = closest < bound
         if near.any():
