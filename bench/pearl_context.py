@@ -34,7 +34,7 @@ from orchestrator.errors import UserError  # noqa: E402
 from tasks.base import descriptors  # noqa: E402
 
 
-def episode(policy, actor: torch.Tensor, z: torch.Tensor, env, seed: int, deterministic: bool) -> tuple[np.ndarray, float]:
+def episode(policy, actor: torch.Tensor, z: torch.Tensor, env, seed: int, deterministic: bool) -> tuple[list[tuple], float]:
     """The episode's transitions as context rows' parts (obs, action, reward, next obs) and its return."""
     obs, _ = env.reset(seed=seed)
     rows, total = [], 0.0
