@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from algorithms.anil import ANIL
-from algorithms.base import FewShotClassifier, LossFn, MetaLearner, OuterUpdate, TaskBatch, Vectorize
-from algorithms.conv4 import Conv4, Conv4Classifier
-from algorithms.episodic import EpisodicLearner, EpisodicModel
-from algorithms.maml import MAML
-from algorithms.meta_model import MetaModel
-from algorithms.models import FunctionalModel, mlp
-from algorithms.params import ParamLayout
-from algorithms.reptile import Reptile
+from metaorch.algorithms.anil import ANIL
+from metaorch.algorithms.base import FewShotClassifier, LossFn, MetaLearner, OuterUpdate, TaskBatch, Vectorize
+from metaorch.algorithms.conv4 import Conv4, Conv4Classifier
+from metaorch.algorithms.episodic import EpisodicLearner, EpisodicModel
+from metaorch.algorithms.maml import MAML
+from metaorch.algorithms.meta_model import MetaModel
+from metaorch.algorithms.models import FunctionalModel, mlp
+from metaorch.algorithms.params import ParamLayout
+from metaorch.algorithms.reptile import Reptile
 
 GRADIENT_BASED = ("maml", "fomaml", "metasgd", "reptile", "anil")
 EPISODIC = ("protonet", "matching", "siamese", "mann", "snail")
@@ -58,23 +58,23 @@ def build_episodic(
     ``shots`` the depth of SNAIL's temporal convolutions (one network per shot count, as in the paper)."""
     options = dict(transductive=transductive, vectorize=vectorize)
     if name == "protonet":
-        from algorithms.protonet import ProtoNet
+        from metaorch.algorithms.protonet import ProtoNet
 
         return ProtoNet(**options)
     if name == "matching":
-        from algorithms.matching import MatchingNetworks, matching_model
+        from metaorch.algorithms.matching import MatchingNetworks, matching_model
 
         return MatchingNetworks(matching_model(fce=fce), **options)
     if name == "siamese":
-        from algorithms.siamese import SiameseNetworks
+        from metaorch.algorithms.siamese import SiameseNetworks
 
         return SiameseNetworks(**options)
     if name == "mann":
-        from algorithms.mann import MANN
+        from metaorch.algorithms.mann import MANN
 
         return MANN(ways, **options)
     if name == "snail":
-        from algorithms.snail import SNAIL
+        from metaorch.algorithms.snail import SNAIL
 
         return SNAIL(ways, shots=shots, **options)
     raise ValueError(f"unknown algorithm {name!r}; expected one of {EPISODIC}")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from algorithms.base import inner_grad
-from algorithms.maml import MAML
-from algorithms.params import ParamLayout
+from metaorch.algorithms.base import inner_grad
+from metaorch.algorithms.maml import MAML
+from metaorch.algorithms.params import ParamLayout
 
 
 class ANIL(MAML):

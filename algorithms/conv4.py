@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from algorithms.base import differentiated_twice
+from metaorch.algorithms.base import differentiated_twice
 
 EMBEDDING_DIM = 64
 

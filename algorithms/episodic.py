@@ -13,8 +13,8 @@ from torch import nn
 from torch.func import grad_and_value
 from torch.nn import functional as F
 
-from algorithms.base import OuterUpdate, TaskBatch, Vectorize, accuracy, map_tasks
-from algorithms.models import FunctionalModel
+from metaorch.algorithms.base import OuterUpdate, TaskBatch, Vectorize, accuracy, map_tasks
+from metaorch.algorithms.models import FunctionalModel
 
 Metrics = dict[str, torch.Tensor]
 

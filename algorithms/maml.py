@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.func import grad_and_value
 
-from algorithms.base import LossFn, OuterUpdate, TaskBatch, Vectorize, accuracy, inner_grad, map_tasks
-from algorithms.meta_model import MetaModel
-from algorithms.models import FunctionalModel
+from metaorch.algorithms.base import LossFn, OuterUpdate, TaskBatch, Vectorize, accuracy, inner_grad, map_tasks
+from metaorch.algorithms.meta_model import MetaModel
+from metaorch.algorithms.models import FunctionalModel
 
 
 class MAML:

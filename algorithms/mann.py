@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from algorithms.base import OuterUpdate, TaskBatch, Vectorize, accuracy
-from algorithms.conv4 import Conv4
-from algorithms.episodic import EpisodicLearner, Metrics
-from algorithms.models import FunctionalModel
+from metaorch.algorithms.base import OuterUpdate, TaskBatch, Vectorize, accuracy
+from metaorch.algorithms.conv4 import Conv4
+from metaorch.algorithms.episodic import EpisodicLearner, Metrics
+from metaorch.algorithms.models import FunctionalModel
 
 INSTANCES = (1, 2, 3, 5, 10)  # the occurrences of a class at which accuracy is reported
 MEMORY_INIT = 1e-6  # a constant, non-zero memory so the first cosines are defined

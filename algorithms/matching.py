@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from algorithms.base import Vectorize
-from algorithms.conv4 import Conv4
-from algorithms.episodic import EpisodicLearner
-from algorithms.models import FunctionalModel
-from algorithms.protonet import class_one_hot
+from metaorch.algorithms.base import Vectorize
+from metaorch.algorithms.conv4 import Conv4
+from metaorch.algorithms.episodic import EpisodicLearner
+from metaorch.algorithms.models import FunctionalModel
+from metaorch.algorithms.protonet import class_one_hot
 
 
 class SupportContext(nn.Module):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from algorithms.base import Vectorize
-from algorithms.conv4 import Conv4
-from algorithms.episodic import EpisodicLearner
-from algorithms.models import FunctionalModel
+from metaorch.algorithms.base import Vectorize
+from metaorch.algorithms.conv4 import Conv4
+from metaorch.algorithms.episodic import EpisodicLearner
+from metaorch.algorithms.models import FunctionalModel
 
 
 def class_one_hot(support_y: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,9 @@ from typing import Literal
 
 import torch
 
-from algorithms.base import ADAM_BETA2, ADAM_EPS, LossFn, OuterUpdate, TaskBatch, Vectorize, accuracy, inner_grad, map_tasks
-from algorithms.maml import MAML
-from algorithms.models import FunctionalModel
+from metaorch.algorithms.base import ADAM_BETA2, ADAM_EPS, LossFn, OuterUpdate, TaskBatch, Vectorize, accuracy, inner_grad, map_tasks
+from metaorch.algorithms.maml import MAML
+from metaorch.algorithms.models import FunctionalModel
 
 InnerOptimizer = Literal["sgd", "adam"]
 

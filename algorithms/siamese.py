@@ -12,11 +12,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from algorithms.base import TaskBatch, Vectorize, accuracy
-from algorithms.conv4 import Conv4
-from algorithms.episodic import EpisodicLearner, Metrics
-from algorithms.models import FunctionalModel
-from algorithms.protonet import class_one_hot
+from metaorch.algorithms.base import TaskBatch, Vectorize, accuracy
+from metaorch.algorithms.conv4 import Conv4
+from metaorch.algorithms.episodic import EpisodicLearner, Metrics
+from metaorch.algorithms.models import FunctionalModel
+from metaorch.algorithms.protonet import class_one_hot
 
 
 class SiameseNetwork(nn.Module):

@@ -22,10 +22,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from algorithms.base import Vectorize
-from algorithms.conv4 import Conv4
-from algorithms.episodic import EpisodicLearner
-from algorithms.models import FunctionalModel
+from metaorch.algorithms.base import Vectorize
+from metaorch.algorithms.conv4 import Conv4
+from metaorch.algorithms.episodic import EpisodicLearner
+from metaorch.algorithms.models import FunctionalModel
 
 
 class Steps(NamedTuple):

@@ -28,10 +28,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
-from orchestrator.components import build_components  # noqa: E402
-from orchestrator.config import Config, from_dict  # noqa: E402
-from orchestrator.learner import Learner  # noqa: E402
-from tasks.base import descriptors  # noqa: E402
+from metaorch.orchestrator.components import build_components  # noqa: E402
+from metaorch.orchestrator.config import Config, from_dict  # noqa: E402
+from metaorch.orchestrator.learner import Learner  # noqa: E402
+from metaorch.tasks.base import descriptors  # noqa: E402
 
 META_BATCH = 25
 
@@ -99,7 +99,7 @@ def orchestrated(config: Config) -> tuple[list[float], float]:
     import ray
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.trainer import train
+    from metaorch.orchestrator.trainer import train
 
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/bench.db"

@@ -21,10 +21,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import load_config, train  # noqa: E402
-from orchestrator.components import build_env_family  # noqa: E402
-from orchestrator.evaluation import Estimate, estimate  # noqa: E402
-from orchestrator.rl_evaluation import test_tasks  # noqa: E402
+from metaorch.orchestrator import load_config, train  # noqa: E402
+from metaorch.orchestrator.components import build_env_family  # noqa: E402
+from metaorch.orchestrator.evaluation import Estimate, estimate  # noqa: E402
+from metaorch.orchestrator.rl_evaluation import test_tasks  # noqa: E402
 
 CONFIGS = {
     "bandit": "bandit_rl2.yaml",

@@ -33,12 +33,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from orchestrator.components import build_components  # noqa: E402
-from orchestrator.config import Config, from_dict  # noqa: E402
-from orchestrator.learner import Learner  # noqa: E402
+from metaorch.orchestrator.components import build_components  # noqa: E402
+from metaorch.orchestrator.config import Config, from_dict  # noqa: E402
+from metaorch.orchestrator.learner import Learner  # noqa: E402
 from maml_iteration import orchestrated  # noqa: E402  (bench/ is on sys.path when run as a script)
-from tasks.base import descriptors  # noqa: E402
-from workers.worker import keep_freed_memory  # noqa: E402
+from metaorch.tasks.base import descriptors  # noqa: E402
+from metaorch.workers.worker import keep_freed_memory  # noqa: E402
 
 META_BATCH, WAYS, SHOTS, QUERIES, INNER_LR = 32, 5, 1, 15, 0.4
 

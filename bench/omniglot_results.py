@@ -22,8 +22,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import ray  # noqa: E402
 
-from orchestrator.config import load_config  # noqa: E402
-from orchestrator.trainer import train  # noqa: E402
+from metaorch.orchestrator.config import load_config  # noqa: E402
+from metaorch.orchestrator.trainer import train  # noqa: E402
 
 METHODS = ("protonet", "maml", "fomaml", "anil", "metasgd", "reptile", "matching", "siamese", "mann", "snail")
 PUBLISHED = {

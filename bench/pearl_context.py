@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from algorithms.rl.pearl import make_context  # noqa: E402
-from orchestrator.checkpoint import load  # noqa: E402
-from orchestrator.components import build_env_family, build_policy  # noqa: E402
-from orchestrator.errors import UserError  # noqa: E402
-from tasks.base import descriptors  # noqa: E402
+from metaorch.algorithms.rl.pearl import make_context  # noqa: E402
+from metaorch.orchestrator.checkpoint import load  # noqa: E402
+from metaorch.orchestrator.components import build_env_family, build_policy  # noqa: E402
+from metaorch.orchestrator.errors import UserError  # noqa: E402
+from metaorch.tasks.base import descriptors  # noqa: E402
 
 
 def episode(policy, actor: torch.Tensor, z: torch.Tensor, env, seed: int, deterministic: bool) -> tuple[list[tuple], float]:

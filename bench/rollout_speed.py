@@ -63,9 +63,9 @@ def bare(seconds: float) -> float:
 
 def ours(seconds: float, envs: int, workers: int = WORKERS) -> float:
     """Steps per second of ``workers`` rollout workers (1 CPU each), ``envs`` episodes each per call."""
-    from tasks.base import descriptors
-    from workers import Resources
-    from workers.rollout import MLPBuild, RolloutPool
+    from metaorch.tasks.base import descriptors
+    from metaorch.workers import Resources
+    from metaorch.workers.rollout import MLPBuild, RolloutPool
 
     build = MLPBuild("half_cheetah_vel", hidden=(64, 64))
     pool = RolloutPool(build, workers, Resources(num_cpus=1, threads=1))

@@ -36,8 +36,8 @@ os.environ.pop("RAY_ADDRESS", None)
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from orchestrator.config import Config, from_dict  # noqa: E402
-from orchestrator.trainer import train  # noqa: E402
+from metaorch.orchestrator.config import Config, from_dict  # noqa: E402
+from metaorch.orchestrator.trainer import train  # noqa: E402
 from rollout_speed import ours as rollout_steps_per_second  # noqa: E402  (bench/ is on sys.path as a script)
 
 

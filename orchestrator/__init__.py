@@ -2,15 +2,15 @@
 
 The Python API is the CLI's::
 
-    from orchestrator import load_config, train, evaluate
+    from metaorch.orchestrator import load_config, train, evaluate
     run = train(load_config("configs/sinusoid_maml.yaml", ["outer.iterations=2000"]))
     evaluate(run.run_id, steps=[1, 5, 10])
 """
 
 from typing import Any
 
-from orchestrator.config import Config, load_config
-from orchestrator.errors import UserError
+from metaorch.orchestrator.config import Config, load_config
+from metaorch.orchestrator.errors import UserError
 
 _TRAINER = ("EvalResult", "RunResult", "evaluate", "train")
 
@@ -18,7 +18,7 @@ _TRAINER = ("EvalResult", "RunResult", "evaluate", "train")
 def __getattr__(name: str) -> Any:
     """The training API pulls in Ray, torch and MLflow; load it on first use, not on import."""
     if name in _TRAINER:
-        from orchestrator import trainer
+        from metaorch.orchestrator import trainer
 
         return getattr(trainer, name)
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.base import TaskDescriptor
-from workers.worker import ChunkResult, WorkItem
+from metaorch.tasks.base import TaskDescriptor
+from metaorch.workers.worker import ChunkResult, WorkItem
 
 
 def chunk(tasks: Sequence[TaskDescriptor], chunk_size: int) -> list[WorkItem]:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import yaml
 
-from orchestrator.config import Config, from_dict
-from orchestrator.errors import UserError
+from metaorch.orchestrator.config import Config, from_dict
+from metaorch.orchestrator.errors import UserError
 
 FORMAT_VERSION = 1
 LATEST = "latest.pt"

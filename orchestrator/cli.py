@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from orchestrator.errors import UserError
-from orchestrator.preflight import redact
+from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.preflight import redact
 
 
 def _steps(text: str) -> list[int]:
@@ -88,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    from orchestrator.config import load_config
+    from metaorch.orchestrator.config import load_config
 
     if args.command == "config":
         print(load_config(args.config, args.overrides).to_yaml(), end="")
@@ -96,8 +96,8 @@ def run(argv: list[str]) -> int:
     if args.command in ("submit", "jobs"):
         return _jobs(args)
 
-    from orchestrator.tracking import ui_command
-    from orchestrator.trainer import evaluate, print_estimates, train
+    from metaorch.orchestrator.tracking import ui_command
+    from metaorch.orchestrator.trainer import evaluate, print_estimates, train
 
     if args.command == "train":
         config = load_config(args.config, args.overrides)
@@ -125,7 +125,7 @@ def run(argv: list[str]) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from cluster import jobs
+    from metaorch.orchestrator import jobs
 
     if args.command == "submit":
         return jobs.submit(

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
-from algorithms import GRADIENT_BASED, Conv4Classifier, FunctionalModel, MetaLearner, build_learner, mlp
-from orchestrator.config import Config
-from orchestrator.errors import UserError
-from tasks import SinusoidTasks, TaskFamily, descriptors
+from metaorch.algorithms import GRADIENT_BASED, Conv4Classifier, FunctionalModel, MetaLearner, build_learner, mlp
+from metaorch.orchestrator.config import Config
+from metaorch.orchestrator.errors import UserError
+from metaorch.tasks import SinusoidTasks, TaskFamily, descriptors
 
 LOSSES = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
 
@@ -24,7 +24,7 @@ def build_family(config: Config, ways: int | None = None, shots: int | None = No
     queries = t.queries if queries is None else queries
     if t.name == "sinusoid":
         return SinusoidTasks(shots=shots, queries=queries)
-    from tasks.omniglot import OmniglotTasks  # imports PIL; only Omniglot jobs pay for it
+    from metaorch.tasks.omniglot import OmniglotTasks  # imports PIL; only Omniglot jobs pay for it
 
     d = config.data
     return OmniglotTasks(
@@ -48,7 +48,7 @@ def build_learner_for(config: Config, family: TaskFamily) -> MetaLearner:
             transductive=m.transductive, classify=family.loss == "cross_entropy", first_order=a.first_order, track_pre=a.track_pre,
             inner_optimizer=a.inner_optimizer, inner_batch=a.inner_batch,
         )  # fmt: skip
-    from algorithms import build_episodic
+    from metaorch.algorithms import build_episodic
 
     return build_episodic(a.name, ways=config.task.ways, shots=config.task.shots, transductive=m.transductive, vectorize=vectorize, fce=a.fce)
 
@@ -63,7 +63,7 @@ def prepare_data(config: Config) -> None:
     worker starts: one episode of every split and every meta-test setting is built here."""
     if config.task.name == "sinusoid":
         return
-    from tasks.omniglot import DatasetError
+    from metaorch.tasks.omniglot import DatasetError
 
     e, t = config.eval, config.task
     try:
@@ -79,7 +79,7 @@ def prepare_data(config: Config) -> None:
 
 def build_env_family(config: Config):
     """The config's meta-RL environment family (as RL² trials for rl2); bad options exit 2."""
-    from tasks.rl import EnvFamilyError, make_family  # gymnasium and MuJoCo load only for meta-RL jobs
+    from metaorch.tasks.rl import EnvFamilyError, make_family  # gymnasium and MuJoCo load only for meta-RL jobs
 
     try:
         return make_family(config.task.name, config.task.trial_episodes, **config.task.options)
@@ -90,8 +90,8 @@ def build_env_family(config: Config):
 def build_policy(config: Config, family):
     """The algorithm's policy, sized to the family's spaces: an MLP (maml_trpo), a GRU with a
     value head (rl2) or PEARL's actor and context encoder; ``model.hidden`` sets the widths."""
-    from algorithms.rl import GRUPolicy, PEARLPolicy
-    from algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+    from metaorch.algorithms.rl import GRUPolicy, PEARLPolicy
+    from metaorch.algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
 
     obs_dim = int(np.prod(family.observation_space.shape))
     space = family.action_space

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from algorithms.rl import MAMLTRPOConfig, PEARLConfig, PPOConfig
-from orchestrator.errors import UserError
-from orchestrator.preflight import redact
+from metaorch.algorithms.rl import MAMLTRPOConfig, PEARLConfig, PPOConfig
+from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.preflight import redact
 
 
 DRAWINGS = 20  # Omniglot: drawings per character

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from algorithms.base import FewShotClassifier, accuracy, map_tasks
-from algorithms.episodic import EpisodicLearner
-from algorithms.maml import MAML
-from tasks.base import TaskDescriptor, TaskFamily
+from metaorch.algorithms.base import FewShotClassifier, accuracy, map_tasks
+from metaorch.algorithms.episodic import EpisodicLearner
+from metaorch.algorithms.maml import MAML
+from metaorch.tasks.base import TaskDescriptor, TaskFamily
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def classification_test(
 ) -> Estimates:
     """Accuracy at every (ways, shots[, steps]) of ``eval``, plus the method's own metrics
     (MANN's accuracy by instance) at the training setting."""
-    from orchestrator.components import build_family
+    from metaorch.orchestrator.components import build_family
 
     t, e = config.task, config.eval
     adapts = not isinstance(learner, EpisodicLearner)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.config import OuterConfig
+from metaorch.orchestrator.config import OuterConfig
 
 
 def _cpu(value: Any) -> Any:

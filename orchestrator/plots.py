@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from algorithms.maml import MAML  # noqa: E402
-from tasks.base import TaskDescriptor, TaskFamily  # noqa: E402
+from metaorch.algorithms.maml import MAML  # noqa: E402
+from metaorch.tasks.base import TaskDescriptor, TaskFamily  # noqa: E402
 
 
 def regression_predictions(

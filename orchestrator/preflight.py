@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.errors import UserError
+from metaorch.orchestrator.errors import UserError
 
 TIMEOUT_S = 3.0
 _DB_SCHEMES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}

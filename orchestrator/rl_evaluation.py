@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.rl.maml_trpo import MAMLTestPlan
-from algorithms.rl.pearl import PEARLPlan
-from algorithms.rl.rl2 import RL2Plan, trial_episode_returns
-from orchestrator.components import build_env_family, build_policy
-from orchestrator.config import Config
-from orchestrator.errors import UserError
-from orchestrator.evaluation import Estimate, estimate
-from tasks.base import descriptors
-from workers.rollout import RolloutPool, RolloutTask
+from metaorch.algorithms.rl.maml_trpo import MAMLTestPlan
+from metaorch.algorithms.rl.pearl import PEARLPlan
+from metaorch.algorithms.rl.rl2 import RL2Plan, trial_episode_returns
+from metaorch.orchestrator.components import build_env_family, build_policy
+from metaorch.orchestrator.config import Config
+from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.evaluation import Estimate, estimate
+from metaorch.tasks.base import descriptors
+from metaorch.workers.rollout import RolloutPool, RolloutTask
 
 
 def test_tasks(config: Config, family=None) -> list[RolloutTask]:

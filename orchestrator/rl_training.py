@@ -15,12 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from algorithms.rl import PEARL, MAMLPlan, RL2Learner, RL2Plan, outer_step
-from algorithms.rl.pearl import PEARLPlan
-from orchestrator.components import build_policy
-from orchestrator.config import Config
-from tasks.base import descriptors
-from workers.rollout import RolloutPool
+from metaorch.algorithms.rl import PEARL, MAMLPlan, RL2Learner, RL2Plan, outer_step
+from metaorch.algorithms.rl.pearl import PEARLPlan
+from metaorch.orchestrator.components import build_policy
+from metaorch.orchestrator.config import Config
+from metaorch.tasks.base import descriptors
+from metaorch.workers.rollout import RolloutPool
 
 
 def learner_device() -> torch.device:

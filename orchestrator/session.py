@@ -9,8 +9,8 @@ from contextlib import contextmanager
 import ray
 import torch
 
-from orchestrator.config import LearnerConfig, WorkersConfig
-from orchestrator.errors import UserError
+from metaorch.orchestrator.config import LearnerConfig, WorkersConfig
+from metaorch.orchestrator.errors import UserError
 
 
 @contextmanager

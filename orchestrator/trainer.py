@@ -24,24 +24,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.base import MetaLearner
-from orchestrator import checkpoint as ckpt_io
-from orchestrator.aggregation import chunk, reduce_in_order
-from orchestrator.components import build_components, build_env_family, build_rl, prepare_data
-from orchestrator.config import ANY_WAYS, Config, OuterConfig
-from orchestrator.console import Progress
-from orchestrator.errors import UserError
-from orchestrator.evaluation import Estimates, accuracies, classification_test, estimate, meta_test
-from orchestrator.learner import Learner, RemoteLearner
-from orchestrator.plots import adaptation_curve, regression_predictions
-from orchestrator.rl_evaluation import curve, curve_axis, rl_meta_test, test_tasks as rl_test_tasks
-from orchestrator.rl_training import RLRunner, build_runner, initial_params
-from orchestrator.preflight import check_ray_address, check_tracking_uri, sqlite_path, tracking_uri_for
-from orchestrator.session import check_capacity, learner_in_actor, ray_session, target_workers
-from orchestrator.tracking import Tracker, client
-from tasks.base import TaskFamily, descriptors
-from workers.pool import Resources, WorkerPool
-from workers.rollout import RolloutPool
+from metaorch.algorithms.base import MetaLearner
+from metaorch.orchestrator import checkpoint as ckpt_io
+from metaorch.orchestrator.aggregation import chunk, reduce_in_order
+from metaorch.orchestrator.components import build_components, build_env_family, build_rl, prepare_data
+from metaorch.orchestrator.config import ANY_WAYS, Config, OuterConfig
+from metaorch.orchestrator.console import Progress
+from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.evaluation import Estimates, accuracies, classification_test, estimate, meta_test
+from metaorch.orchestrator.learner import Learner, RemoteLearner
+from metaorch.orchestrator.plots import adaptation_curve, regression_predictions
+from metaorch.orchestrator.rl_evaluation import curve, curve_axis, rl_meta_test, test_tasks as rl_test_tasks
+from metaorch.orchestrator.rl_training import RLRunner, build_runner, initial_params
+from metaorch.orchestrator.preflight import check_ray_address, check_tracking_uri, sqlite_path, tracking_uri_for
+from metaorch.orchestrator.session import check_capacity, learner_in_actor, ray_session, target_workers
+from metaorch.orchestrator.tracking import Tracker, client
+from metaorch.tasks.base import TaskFamily, descriptors
+from metaorch.workers.pool import Resources, WorkerPool
+from metaorch.workers.rollout import RolloutPool
 
 log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -549,7 +549,7 @@ SUITES = ("meta-test", "omniglot-runs")
 
 def _omniglot_runs(config: Config, meta_params: torch.Tensor, runs: str, steps: list[int]) -> dict[str, float]:
     """Error rate of every one-shot run; adapting methods use the last of ``steps``, others ignore it."""
-    from tasks.omniglot import DatasetError, read_runs
+    from metaorch.tasks.omniglot import DatasetError, read_runs
 
     if config.task.name != "omniglot":
         raise UserError(f"--suite omniglot-runs: the checkpoint was trained on task.name={config.task.name!r}, not omniglot")

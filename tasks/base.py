@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from algorithms.base import TaskBatch
+from metaorch.algorithms.base import TaskBatch
 
 Split = Literal["train", "val", "test"]
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}

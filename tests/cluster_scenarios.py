@@ -31,12 +31,12 @@ import torch  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from orchestrator.components import build_components  # noqa: E402
-from orchestrator.config import LearnerConfig, WorkersConfig  # noqa: E402
-from orchestrator.learner import RemoteLearner  # noqa: E402
-from orchestrator.session import learner_in_actor  # noqa: E402
-from orchestrator.trainer import train  # noqa: E402
-from workers.pool import NAME_PREFIX, Resources, WorkerPool  # noqa: E402
+from metaorch.orchestrator.components import build_components  # noqa: E402
+from metaorch.orchestrator.config import LearnerConfig, WorkersConfig  # noqa: E402
+from metaorch.orchestrator.learner import RemoteLearner  # noqa: E402
+from metaorch.orchestrator.session import learner_in_actor  # noqa: E402
+from metaorch.orchestrator.trainer import train  # noqa: E402
+from metaorch.workers.pool import NAME_PREFIX, Resources, WorkerPool  # noqa: E402
 
 # Dead nodes are noticed within ~10 s instead of Ray's default ~30 s (not faster: on a loaded
 # machine a live raylet's health checks lag, and a node wrongly marked dead is killed).

@@ -19,7 +19,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pytest  # noqa: E402
 
-from orchestrator.config import Config, deep_merge, from_dict  # noqa: E402
+from metaorch.orchestrator.config import Config, deep_merge, from_dict  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.components import build_components
-from orchestrator.config import Config
-from tasks.base import TaskDescriptor
+from metaorch.orchestrator.components import build_components
+from metaorch.orchestrator.config import Config
+from metaorch.tasks.base import TaskDescriptor
 
 
 class SleepOnce:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from algorithms import MAML, FunctionalModel, MetaModel, OuterUpdate, Reptile, TaskBatch, build_learner, mlp
+from metaorch.algorithms import MAML, FunctionalModel, MetaModel, OuterUpdate, Reptile, TaskBatch, build_learner, mlp
 
 F64 = torch.float64
 # mlp(1, [3, 3], 1) from this seed has no ReLU unit dead on the test data, so every one of

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import cli
-from orchestrator.config import Config, from_dict, load_config
-from orchestrator.errors import UserError
+from metaorch.orchestrator import cli
+from metaorch.orchestrator.config import Config, from_dict, load_config
+from metaorch.orchestrator.errors import UserError
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def _metaorch(cwd: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, 
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "metaorch.orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     return proc, time.perf_counter() - t0
 
 
@@ -133,7 +133,7 @@ def _bad_config_inside(cwd: Path) -> str:
     """A well-formed checkpoint whose embedded config is invalid."""
     import torch
 
-    from orchestrator.checkpoint import Checkpoint, save
+    from metaorch.orchestrator.checkpoint import Checkpoint, save
 
     state = Checkpoint(3, torch.zeros(4), {}, torch.get_rng_state(), None, "algorithm: {inner_lr: -1}\n")
     return str(save(state, cwd / "ckpts").relative_to(cwd))
@@ -199,7 +199,7 @@ def test_load_config_rejects(job, text, overrides, needles):
 )
 def test_runtime_env_file_is_read_like_a_config_file(tmp_path, text, needle):
     """``submit --runtime-env`` shares the config file's reader: the same three errors, naming the flag and the file."""
-    from cluster.jobs import runtime_env
+    from metaorch.orchestrator.jobs import runtime_env
 
     path = tmp_path / "env.yaml"
     if text is not None:

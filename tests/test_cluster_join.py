@@ -64,7 +64,7 @@ def test_train_joins_a_running_cluster(head, workdir):
         "eval: {tasks: 10, steps: [1], val_tasks: 4, plot_tasks: 0}\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "train", "job.yaml", "--address", address, "--quiet"],
+        [sys.executable, "-m", "metaorch.orchestrator.cli", "train", "job.yaml", "--address", address, "--quiet"],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

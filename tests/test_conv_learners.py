@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from algorithms import ANIL, MAML, Conv4Classifier, FunctionalModel, build_learner
-from algorithms.base import differentiated_twice, inner_grad
-from algorithms.conv4 import to_channels_last
+from metaorch.algorithms import ANIL, MAML, Conv4Classifier, FunctionalModel, build_learner
+from metaorch.algorithms.base import differentiated_twice, inner_grad
+from metaorch.algorithms.conv4 import to_channels_last
 
 F64 = torch.float64
 

@@ -22,12 +22,12 @@ import torch
 
 import faulty
 from conftest import MlflowServer, free_port, tiny_config
-from orchestrator.aggregation import chunk
-from orchestrator.components import build_components
-from orchestrator.tracking import Tracker
-from tasks.base import descriptors
+from metaorch.orchestrator.aggregation import chunk
+from metaorch.orchestrator.components import build_components
+from metaorch.orchestrator.tracking import Tracker
+from metaorch.tasks.base import descriptors
 from test_placement import run_scenario
-from workers.pool import Resources, WorkerPool
+from metaorch.workers.pool import Resources, WorkerPool
 
 ray.cloudpickle.register_pickle_by_value(faulty)  # the workers need not import tests/
 
@@ -136,9 +136,9 @@ def mlflow_server(tmp_path):
 def test_training_goes_on_through_a_60s_tracking_outage(ray_session, workdir, mlflow_server, caplog):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.trainer import train
+    from metaorch.orchestrator.trainer import train
 
-    caplog.set_level(logging.WARNING, logger="orchestrator.tracking")
+    caplog.set_level(logging.WARNING, logger="metaorch.orchestrator.tracking")
 
     def config(iterations: int):
         return tiny_config(
@@ -193,7 +193,7 @@ def test_training_goes_on_through_a_60s_tracking_outage(ray_session, workdir, ml
 
 def test_dead_server_spills_past_the_buffer_bound(workdir, caplog):
     """Against a server that never answers, memory holds at most ``buffer_max`` steps; the rest is on disk."""
-    caplog.set_level(logging.WARNING, logger="orchestrator.tracking")
+    caplog.set_level(logging.WARNING, logger="metaorch.orchestrator.tracking")
     tracker = Tracker(f"http://127.0.0.1:{free_port()}", run_id="0" * 32, experiment_id="0",
                       buffer_max=100, spill_dir=workdir / "spill")
     for step in range(1_000):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.jobs import wait_terminal
-from orchestrator import cli
+from metaorch.orchestrator.jobs import wait_terminal
+from metaorch.orchestrator import cli
 from conftest import MlflowServer, answers, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_resume_passes_over_a_local_checkpoint_mlflow_never_got_and_logs_each_st
     from mlflow.tracking import MlflowClient
 
     from conftest import tiny_config
-    from orchestrator.trainer import train
+    from metaorch.orchestrator.trainer import train
 
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     quiet = {"at_end": False, "plot_tasks": 0, "val_every": 10}

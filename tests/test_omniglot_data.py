@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.base import TaskDescriptor, descriptors
-from tasks.omniglot import (
+from metaorch.tasks.base import TaskDescriptor, descriptors
+from metaorch.tasks.omniglot import (
     DatasetError,
     OmniglotData,
     OmniglotTasks,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.components import build_components
-from algorithms import EPISODIC
-from orchestrator.config import deep_merge, from_dict
-from orchestrator.evaluation import classification_test
-from orchestrator.trainer import evaluate, train
-from tasks import descriptors
+from metaorch.orchestrator.components import build_components
+from metaorch.algorithms import EPISODIC
+from metaorch.orchestrator.config import deep_merge, from_dict
+from metaorch.orchestrator.evaluation import classification_test
+from metaorch.orchestrator.trainer import evaluate, train
+from metaorch.tasks import descriptors
 
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 pytestmark = pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"Omniglot small sets not found at {OMNIGLOT}")
@@ -84,7 +84,7 @@ def test_one_shot_runs_suite(ray_session, workdir, omniglot_cache) -> None:
     """``metaorch eval --suite omniglot-runs`` on runs written in the original format from the
     held-out alphabet: one error rate per run, logged as a nested run; a 5-way MAML checkpoint
     is refused on 20-way runs (exit 2) instead of guessing."""
-    from tasks.omniglot import write_runs
+    from metaorch.tasks.omniglot import write_runs
 
     runs = write_runs(str(OMNIGLOT), workdir / "runs", runs=3, ways=20, seed=0, cache_dir=str(omniglot_cache))
     proto = train(omniglot_config(omniglot_cache, {"name": "protonet"}, 20, eval={"at_end": False}), progress=False)
@@ -95,7 +95,7 @@ def test_one_shot_runs_suite(ray_session, workdir, omniglot_cache) -> None:
 
     maml = train(omniglot_config(omniglot_cache, {"name": "fomaml", "inner_lr": 0.4}, 1, eval={"at_end": False}), progress=False)
     cli = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "eval", str(maml.checkpoint), "--suite", "omniglot-runs", "--runs", str(runs)],
+        [sys.executable, "-m", "metaorch.orchestrator.cli", "eval", str(maml.checkpoint), "--suite", "omniglot-runs", "--runs", str(runs)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert cli.returncode == 2 and "20-way" in cli.stderr and "task.ways" in cli.stderr, cli.stderr

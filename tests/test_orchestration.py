@@ -19,12 +19,12 @@ import ray
 import torch
 
 from conftest import tiny_config
-from orchestrator.aggregation import chunk
-from orchestrator.components import build_components
-from orchestrator.trainer import train
-from tasks.base import descriptors
-from workers.pool import NAME_PREFIX, Resources, WorkerPool
-from workers.worker import shard
+from metaorch.orchestrator.aggregation import chunk
+from metaorch.orchestrator.components import build_components
+from metaorch.orchestrator.trainer import train
+from metaorch.tasks.base import descriptors
+from metaorch.workers.pool import NAME_PREFIX, Resources, WorkerPool
+from metaorch.workers.worker import shard
 
 
 def _train(config, **kw):
@@ -41,7 +41,7 @@ def test_shards_are_contiguous_and_cover_every_item():
 
 FAULTS = """
 import resource, sys, torch
-from workers.worker import keep_freed_memory
+from metaorch.workers.worker import keep_freed_memory
 kept = sys.argv[1] == "keep" and keep_freed_memory()
 def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def activations(): return [torch.ones(4_000_000) for _ in range(3)]  # 3 x 16 MB
@@ -170,8 +170,8 @@ def test_resume_from_a_checkpoint_file(ray_session, workdir):
 
 @pytest.mark.parametrize("elapsed,last,stop", [(50.0, 9.0, False), (50.0, 11.0, True), (59.0, 0.5, False), (61.0, 0.0, True)])
 def test_max_minutes_stops_before_an_iteration_would_end_past_it(elapsed, last, stop):
-    from orchestrator.config import OuterConfig
-    from orchestrator.trainer import _out_of_time
+    from metaorch.orchestrator.config import OuterConfig
+    from metaorch.orchestrator.trainer import _out_of_time
 
     assert _out_of_time(OuterConfig(max_minutes=1.0), elapsed, last) is stop
     assert _out_of_time(OuterConfig(), 10**6, 10**6) is False  # no budget
@@ -214,7 +214,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(workdir):
     )
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "train", "job.yaml"],
+        [sys.executable, "-m", "metaorch.orchestrator.cli", "train", "job.yaml"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 120

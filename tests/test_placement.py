@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import LearnerConfig, WorkersConfig
-from orchestrator.errors import UserError
-from orchestrator.session import check_capacity, learner_in_actor, target_workers
+from metaorch.orchestrator.config import LearnerConfig, WorkersConfig
+from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.session import check_capacity, learner_in_actor, target_workers
 
 SCENARIOS = Path(__file__).with_name("cluster_scenarios.py")
 

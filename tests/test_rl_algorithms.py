@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution, kl_divergence
 
-from algorithms.rl.batching import concat_episodes, masked_mean, to_tensors, transitions
-from algorithms.rl.maml_trpo import (
+from metaorch.algorithms.rl.batching import concat_episodes, masked_mean, to_tensors, transitions
+from metaorch.algorithms.rl.maml_trpo import (
     MAMLPlan,
     MAMLTRPOConfig,
     _adapt,
@@ -33,7 +33,7 @@ from algorithms.rl.maml_trpo import (
     outer_step,
     surrogate,
 )
-from algorithms.rl.pearl import (
+from metaorch.algorithms.rl.pearl import (
     PEARL,
     PEARLConfig,
     PEARLPlan,
@@ -44,10 +44,10 @@ from algorithms.rl.pearl import (
     product_of_gaussians,
     squash,
 )
-from algorithms.rl.policies import GaussianMLPPolicy
-from algorithms.rl.returns import LinearFeatureBaseline, baseline_advantages, discounted_returns, gae, normalize
-from algorithms.rl.rl2 import GRUPolicy, PPOConfig, RL2Learner, RL2Plan, ppo_loss
-from algorithms.rl.trajectories import Trajectories
+from metaorch.algorithms.rl.policies import GaussianMLPPolicy
+from metaorch.algorithms.rl.returns import LinearFeatureBaseline, baseline_advantages, discounted_returns, gae, normalize
+from metaorch.algorithms.rl.rl2 import GRUPolicy, PPOConfig, RL2Learner, RL2Plan, ppo_loss
+from metaorch.algorithms.rl.trajectories import Trajectories
 
 F64 = torch.float64
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from tasks.base import TaskDescriptor
-from tasks.rl import FAMILIES, EnvFamilyError, TrialEnv, make_family
+from metaorch.tasks.base import TaskDescriptor
+from metaorch.tasks.rl import FAMILIES, EnvFamilyError, TrialEnv, make_family
 
 
 def _quiet_check(env: gym.Env) -> None:

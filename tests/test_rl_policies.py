@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Normal
 
-from algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+from metaorch.algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
 
 
 def test_gaussian_layout_and_init():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.rl import Trajectories
-from algorithms.rl.rl2 import trial_episode_returns
-from orchestrator import evaluate, train
-from orchestrator.config import deep_merge, from_dict
-from orchestrator.tracking import client
+from metaorch.algorithms.rl import Trajectories
+from metaorch.algorithms.rl.rl2 import trial_episode_returns
+from metaorch.orchestrator import evaluate, train
+from metaorch.orchestrator.config import deep_merge, from_dict
+from metaorch.orchestrator.tracking import client
 
 QUIET = {"at_end": False}
 
@@ -119,7 +119,7 @@ def test_trial_episode_returns_split_at_the_done_flag():
 
 
 def test_bad_explicit_task_params_exit_before_training(workdir):
-    from orchestrator.errors import UserError
+    from metaorch.orchestrator.errors import UserError
 
     config = rl_config(NAV, "maml_trpo", eval={"task_params": [{"goal": [0.1, 0.2]}, {"goal": [0.1]}]})
     with pytest.raises(UserError, match=r"eval.task_params\[1\].*goal"):
@@ -128,7 +128,7 @@ def test_bad_explicit_task_params_exit_before_training(workdir):
 
 
 def test_bad_family_option_names_the_field(workdir):
-    from orchestrator.errors import UserError
+    from metaorch.orchestrator.errors import UserError
 
     with pytest.raises(UserError, match=r"task.options.*arms"):
         train(rl_config({"name": "bandit", "options": {"arms": 1}, "trial_episodes": 5}, "rl2", model={"hidden": [8]}), progress=False)

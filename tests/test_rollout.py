@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
-from tasks.base import TaskDescriptor, descriptors
-from tasks.rl import make_family
-from workers.rollout import MLPBuild, RolloutPool, RolloutTask, RolloutWorker, episode_streams
+from metaorch.algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+from metaorch.tasks.base import TaskDescriptor, descriptors
+from metaorch.tasks.rl import make_family
+from metaorch.workers.rollout import MLPBuild, RolloutPool, RolloutTask, RolloutWorker, episode_streams
 
 
 def build(name: str, hidden=(16,), **options) -> MLPBuild:
@@ -135,7 +135,7 @@ def test_pool_results_do_not_depend_on_the_number_of_workers(ray_session):
     import ray
     import ray.cloudpickle
 
-    from workers import Resources
+    from metaorch.workers import Resources
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import this test module
     tasks = descriptors(1, "train", 0, 6) + [RolloutTask(TaskDescriptor(1, "test", 0, 6), {"goal": [2.0, -1.0]})]

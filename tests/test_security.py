@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import tiny_config
-from orchestrator import cli
+from metaorch.orchestrator import cli
 
 SECRET = "S3cretPw"
 
@@ -82,7 +82,7 @@ def test_yaml_with_python_tags_is_refused_and_runs_no_code(workdir, capsys):
 def test_password_in_tracking_uri_reaches_no_param_artifact_checkpoint_or_message(ray_session, workdir, capsys):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.trainer import train
+    from metaorch.orchestrator.trainer import train
 
     secret_uri = f"postgresql://meta:{SECRET}@127.0.0.1:1/mlflow"
     config = tiny_config(outer={"iterations": 2}, eval={"at_end": False, "plot_tasks": 0, "val_every": 2}, tracking={"uri": secret_uri})
@@ -118,7 +118,7 @@ def test_eval_never_unpickles_the_runs_model(ray_session, workdir):
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.trainer import evaluate, train
+    from metaorch.orchestrator.trainer import evaluate, train
 
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     config = tiny_config(outer={"iterations": 2}, eval={"at_end": False, "plot_tasks": 0, "val_every": 2})

@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from algorithms.base import TaskBatch
-from algorithms.episodic import EpisodicLearner
-from algorithms.mann import MANN, MANNCore, MemoryState, cosine_weights, least_used, lrua_write_weights, update_usage
-from algorithms.snail import SNAIL
+from metaorch.algorithms.base import TaskBatch
+from metaorch.algorithms.episodic import EpisodicLearner
+from metaorch.algorithms.mann import MANN, MANNCore, MemoryState, cosine_weights, least_used, lrua_write_weights, update_usage
+from metaorch.algorithms.snail import SNAIL
 
 WAYS = 5
 

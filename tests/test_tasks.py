@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from algorithms import TaskBatch
-from tasks import SinusoidTasks, TaskDescriptor, descriptors
+from metaorch.algorithms import TaskBatch
+from metaorch.tasks import SinusoidTasks, TaskDescriptor, descriptors
 
 KEYS = ("support_x", "support_y", "query_x", "query_y", "amplitude", "phase")
 

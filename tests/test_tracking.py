@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from conftest import MlflowServer, free_port, tiny_config
-from orchestrator.components import build_components
-from orchestrator.tracking import Tracker
-from tasks import descriptors
+from metaorch.orchestrator.components import build_components
+from metaorch.orchestrator.tracking import Tracker
+from metaorch.tasks import descriptors
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
@@ -114,7 +114,7 @@ def _check_model(url: str, config, result, monkeypatch) -> None:
 
 # -- the tests -----------------------------------------------------------------------------
 def test_train_logs_everything_to_a_tracking_server(mlflow_server, ray_session, workdir, monkeypatch):
-    from orchestrator.trainer import train
+    from metaorch.orchestrator.trainer import train
 
     config = tiny_config(
         outer={"iterations": 6},
@@ -135,7 +135,7 @@ def test_train_logs_everything_to_a_tracking_server(mlflow_server, ray_session, 
 
 
 def test_train_round_trip_with_default_sqlite_store(ray_session, workdir, monkeypatch):
-    from orchestrator.trainer import train
+    from metaorch.orchestrator.trainer import train
 
     config = tiny_config(
         outer={"iterations": 4},
@@ -155,7 +155,7 @@ def test_evaluate_logs_a_nested_run_under_the_training_run(mlflow_server, ray_se
     """``metaorch eval RUN_ID`` as an API call: fresh tasks, any step counts, a child run."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.trainer import evaluate, train
+    from metaorch.orchestrator.trainer import evaluate, train
 
     config = tiny_config(outer={"iterations": 6}, eval={"at_end": False, "plot_tasks": 0})
     trained = train(config, tracking_uri=mlflow_server, progress=False)

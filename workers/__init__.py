@@ -1,8 +1,8 @@
 """Ray worker actors and the pool that manages them."""
 
-from workers.pool import PoolExhausted, Resources, Transport, WorkerPool
-from workers.rollout import MLPBuild, RolloutItem, RolloutPool, RolloutResult, RolloutTask, RolloutWorker, SamplePlan
-from workers.worker import ChunkResult, MetaWorker, WorkItem, device_for, shard
+from metaorch.workers.pool import PoolExhausted, Resources, Transport, WorkerPool
+from metaorch.workers.rollout import MLPBuild, RolloutItem, RolloutPool, RolloutResult, RolloutTask, RolloutWorker, SamplePlan
+from metaorch.workers.worker import ChunkResult, MetaWorker, WorkItem, device_for, shard
 
 __all__ = [
     "ChunkResult",

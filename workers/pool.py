@@ -40,7 +40,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayChannelError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from workers.worker import Build, ChunkResult, MetaWorker, WorkItem, shard
+from metaorch.workers.worker import Build, ChunkResult, MetaWorker, WorkItem, shard
 
 Transport = Literal["calls", "compiled"]
 Placement = Literal["spread", "pack"]

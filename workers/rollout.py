@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
-from tasks.base import TaskDescriptor
-from workers.pool import WorkerPool
-from workers.worker import device_for, shard
+from metaorch.algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
+from metaorch.tasks.base import TaskDescriptor
+from metaorch.workers.pool import WorkerPool
+from metaorch.workers.worker import device_for, shard
 
 if TYPE_CHECKING:  # gymnasium and MuJoCo load in the actors that step environments, not in every importer
     import gymnasium as gym
 
-    from tasks.rl.base import EnvFamily, TaskParams
+    from metaorch.tasks.rl.base import EnvFamily, TaskParams
 
 Build = Callable[[], tuple["EnvFamily", Policy]]
 MIN_ROWS = 8
@@ -78,8 +78,8 @@ class MLPBuild:
     hidden: tuple[int, ...] = (64, 64)
 
     def __call__(self) -> tuple[EnvFamily, Policy]:
-        from algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
-        from tasks.rl import make_family
+        from metaorch.algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+        from metaorch.tasks.rl import make_family
 
         family = make_family(self.family, **self.options)
         obs_dim = int(np.prod(family.observation_space.shape))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from algorithms.base import MetaLearner
-from tasks.base import TaskDescriptor, TaskFamily
+from metaorch.algorithms.base import MetaLearner
+from metaorch.tasks.base import TaskDescriptor, TaskFamily
 
 Build = Callable[[], tuple[TaskFamily, MetaLearner]]
 

@@ -4,10 +4,10 @@ No Ray, no gymnasium here: rollout workers (``workers/``) step environments (``t
 and hand these functions :class:`Trajectories`; a test can build trajectories by hand.
 """
 
-from algorithms.rl.maml_trpo import MAMLPlan, MAMLTRPOConfig, adapt, outer_step
-from algorithms.rl.pearl import PEARL, PEARLConfig, PEARLPlan, PEARLPolicy
-from algorithms.rl.rl2 import GRUPolicy, PPOConfig, RL2Learner, RL2Plan
-from algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
+from metaorch.algorithms.rl.maml_trpo import MAMLPlan, MAMLTRPOConfig, adapt, outer_step
+from metaorch.algorithms.rl.pearl import PEARL, PEARLConfig, PEARLPlan, PEARLPolicy
+from metaorch.algorithms.rl.rl2 import GRUPolicy, PPOConfig, RL2Learner, RL2Plan
+from metaorch.algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
 
 __all__ = ["Plan", "Policy", "Sample", "Trajectories"]
 __all__ += ["MAMLPlan", "MAMLTRPOConfig", "adapt", "outer_step", "GRUPolicy", "PPOConfig", "RL2Learner", "RL2Plan"]

@@ -13,7 +13,7 @@ from dataclasses import fields
 import numpy as np
 import torch
 
-from algorithms.rl.trajectories import Trajectories
+from metaorch.algorithms.rl.trajectories import Trajectories
 
 
 def concat_episodes(trajs: Sequence[Trajectories]) -> Trajectories:

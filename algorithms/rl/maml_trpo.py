@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
-from algorithms.rl.batching import masked_mean, to_tensors
-from algorithms.rl.returns import baseline_advantages
-from algorithms.rl.trajectories import Sample, Trajectories
+from metaorch.algorithms.rl.batching import masked_mean, to_tensors
+from metaorch.algorithms.rl.returns import baseline_advantages
+from metaorch.algorithms.rl.trajectories import Sample, Trajectories
 
 
 class DifferentiablePolicy(Protocol):

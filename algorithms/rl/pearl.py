@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algorithms.models import FunctionalModel, mlp
-from algorithms.params import ParamLayout
-from algorithms.rl.batching import concat_episodes, transitions
-from algorithms.rl.trajectories import Sample, Trajectories
+from metaorch.algorithms.models import FunctionalModel, mlp
+from metaorch.algorithms.params import ParamLayout
+from metaorch.algorithms.rl.batching import concat_episodes, transitions
+from metaorch.algorithms.rl.trajectories import Sample, Trajectories
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # rlkit's clamp
 

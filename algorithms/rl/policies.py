@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.distributions import Categorical, Independent, Normal
 
-from algorithms.models import FunctionalModel, mlp
+from metaorch.algorithms.models import FunctionalModel, mlp
 
 _LOG_2PI = math.log(2 * math.pi)
 MIN_LOG_STD = math.log(1e-6)  # pytorch-maml-rl's floor on the standard deviation

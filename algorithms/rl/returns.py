@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.rl.batching import masked_mean
+from metaorch.algorithms.rl.batching import masked_mean
 
 
 def _next_step_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from algorithms.models import FunctionalModel
-from algorithms.rl.batching import concat_episodes, masked_mean, to_tensors
-from algorithms.rl.returns import gae, normalize
-from algorithms.rl.trajectories import Sample, Trajectories
+from metaorch.algorithms.models import FunctionalModel
+from metaorch.algorithms.rl.batching import concat_episodes, masked_mean, to_tensors
+from metaorch.algorithms.rl.returns import gae, normalize
+from metaorch.algorithms.rl.trajectories import Sample, Trajectories
 
 _LOG_2PI = math.log(2 * math.pi)
 

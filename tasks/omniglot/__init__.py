@@ -6,12 +6,12 @@ zipped or extracted); the decoded images are cached once and memory-mapped by ev
 
 from __future__ import annotations
 
-from tasks.omniglot.data import OmniglotData, default_cache_dir, load_omniglot
-from tasks.omniglot.episodes import Episode, OmniglotTasks
-from tasks.omniglot.errors import DatasetError
-from tasks.omniglot.images import preprocess_png, to_float
-from tasks.omniglot.runs import OneShotRun, read_runs, write_runs
-from tasks.omniglot.splits import SplitSpec, split_alphabets, split_characters
+from metaorch.tasks.omniglot.data import OmniglotData, default_cache_dir, load_omniglot
+from metaorch.tasks.omniglot.episodes import Episode, OmniglotTasks
+from metaorch.tasks.omniglot.errors import DatasetError
+from metaorch.tasks.omniglot.images import preprocess_png, to_float
+from metaorch.tasks.omniglot.runs import OneShotRun, read_runs, write_runs
+from metaorch.tasks.omniglot.splits import SplitSpec, split_alphabets, split_characters
 
 __all__ = [
     "DatasetError",

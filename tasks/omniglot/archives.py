@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from tasks.omniglot.errors import DatasetError
+from metaorch.tasks.omniglot.errors import DatasetError
 
 Source = Literal["full", "small"]
 FULL = ("images_background", "images_evaluation")

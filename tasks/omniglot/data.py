@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.omniglot.archives import DRAWINGS, Source, characters, find_archives
-from tasks.omniglot.images import SIZE, preprocess_png
+from metaorch.tasks.omniglot.archives import DRAWINGS, Source, characters, find_archives
+from metaorch.tasks.omniglot.images import SIZE, preprocess_png
 
 # Part of the cache key: bump it when preprocessing changes so old caches are not reused.
 CACHE_VERSION = 1

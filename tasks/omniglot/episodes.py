@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from algorithms.base import TaskBatch
-from tasks.base import TaskDescriptor
-from tasks.omniglot.archives import DRAWINGS
-from tasks.omniglot.data import OmniglotData, load_omniglot
-from tasks.omniglot.errors import DatasetError
-from tasks.omniglot.images import PAPER, SIZE, to_float
-from tasks.omniglot.splits import SplitSpec, split_characters
+from metaorch.algorithms.base import TaskBatch
+from metaorch.tasks.base import TaskDescriptor
+from metaorch.tasks.omniglot.archives import DRAWINGS
+from metaorch.tasks.omniglot.data import OmniglotData, load_omniglot
+from metaorch.tasks.omniglot.errors import DatasetError
+from metaorch.tasks.omniglot.images import PAPER, SIZE, to_float
+from metaorch.tasks.omniglot.splits import SplitSpec, split_characters
 
 ROTATIONS = 4  # quarter turns; each rotation of a character is a class of its own (Santoro et al.)
 

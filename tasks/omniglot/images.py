@@ -13,7 +13,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tasks.omniglot.errors import DatasetError
+from metaorch.tasks.omniglot.errors import DatasetError
 
 SIZE = 28
 PAPER = 255  # the background's uint8 gray (ink is 0)

@@ -21,12 +21,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from algorithms.base import TaskBatch
-from tasks.omniglot.archives import DRAWINGS, characters, find_archives
-from tasks.omniglot.data import load_omniglot
-from tasks.omniglot.errors import DatasetError
-from tasks.omniglot.images import preprocess_png, to_float
-from tasks.omniglot.splits import SplitSpec, split_characters
+from metaorch.algorithms.base import TaskBatch
+from metaorch.tasks.omniglot.archives import DRAWINGS, characters, find_archives
+from metaorch.tasks.omniglot.data import load_omniglot
+from metaorch.tasks.omniglot.errors import DatasetError
+from metaorch.tasks.omniglot.images import preprocess_png, to_float
+from metaorch.tasks.omniglot.splits import SplitSpec, split_characters
 
 RUN = re.compile(r"run\d+")
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tasks.omniglot.data import OmniglotData
-from tasks.omniglot.errors import DatasetError
+from metaorch.tasks.omniglot.data import OmniglotData
+from metaorch.tasks.omniglot.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 SplitSpec = str | Mapping[str, Sequence[str]]

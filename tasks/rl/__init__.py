@@ -10,11 +10,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from tasks.rl.base import EnvFamily, EnvFamilyError, TaskParams
-from tasks.rl.locomotion import AntDir, AntGoal, HalfCheetahDir, HalfCheetahVel
-from tasks.rl.navigation import Navigation2D
-from tasks.rl.tabular import BernoulliBandits, TabularMDPs
-from tasks.rl.trial import TrialEnv, TrialFamily
+from metaorch.tasks.rl.base import EnvFamily, EnvFamilyError, TaskParams
+from metaorch.tasks.rl.locomotion import AntDir, AntGoal, HalfCheetahDir, HalfCheetahVel
+from metaorch.tasks.rl.navigation import Navigation2D
+from metaorch.tasks.rl.tabular import BernoulliBandits, TabularMDPs
+from metaorch.tasks.rl.trial import TrialEnv, TrialFamily
 
 FAMILIES: dict[str, type[EnvFamily]] = {
     cls.name: cls for cls in (HalfCheetahVel, HalfCheetahDir, AntDir, AntGoal, Navigation2D, BernoulliBandits, TabularMDPs)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from tasks.base import TaskDescriptor
+from metaorch.tasks.base import TaskDescriptor
 
 TaskParams = dict[str, Any]  # floats, or numpy arrays for tabular tasks
 

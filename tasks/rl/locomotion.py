@@ -21,7 +21,7 @@ from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.utils import EzPickle
 
-from tasks.rl.base import EnvFamily, HorizonMixin, TaskParams, check_array, check_keys, check_number, check_option
+from metaorch.tasks.rl.base import EnvFamily, HorizonMixin, TaskParams, check_array, check_keys, check_number, check_option
 
 DIRECTIONS = (-1.0, 1.0)
 

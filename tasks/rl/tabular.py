@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from tasks.rl.base import EnvFamily, EnvFamilyError, HorizonMixin, TaskParams, check_array, check_keys, check_option
+from metaorch.tasks.rl.base import EnvFamily, EnvFamilyError, HorizonMixin, TaskParams, check_array, check_keys, check_option
 
 
 class BanditEnv(gym.Env):

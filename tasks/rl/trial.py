@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from tasks.rl.base import EnvFamily, TaskParams, check_option
+from metaorch.tasks.rl.base import EnvFamily, TaskParams, check_option
 
 
 def _flat_size(space: gym.Space) -> int:

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from orchestrator.config import Config, load_config, read_yaml_mapping
-from orchestrator.errors import UserError
-from orchestrator.preflight import TIMEOUT_S, check_tracking_uri, redact, sqlite_path, tracking_uri_for
+from metaorch.orchestrator.config import Config, load_config, read_yaml_mapping
+from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.preflight import TIMEOUT_S, check_tracking_uri, redact, sqlite_path, tracking_uri_for
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # the variable `ray job` reads too
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -129,7 +129,7 @@ def tracking_uri(given: str | None, config: Config) -> str:
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    from orchestrator.tracking import ui_command
+    from metaorch.orchestrator.tracking import ui_command
 
     return f"run {run_id} in {uri} (open with: {ui_command(uri)})"
 
@@ -226,7 +226,7 @@ def submit(
     if sqlite_path(uri) is not None or "://" not in uri or uri.startswith("file:"):
         print(f"note: the job logs to {uri}, a path: the job must run on this machine (use an http(s) tracking server otherwise)", file=sys.stderr)
 
-    from orchestrator.tracking import client
+    from metaorch.orchestrator.tracking import client
 
     mlflow = client(uri)
     submission_id = f"metaorch-{uuid.uuid4().hex[:12]}"
