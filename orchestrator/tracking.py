@@ -103,7 +103,6 @@ class Tracker:
         self._held = 0  # metric records in _pending, in memory
         self._spill_files = 0
         self._abandoned = False
-        self._wake = threading.Event()  # set by close(): cuts a retry backoff short
         self._closing = False
         self._deadline = float("inf")
         self._thread = threading.Thread(target=self._drain, name="mlflow-sink", daemon=True)
@@ -358,16 +357,9 @@ class Tracker:
                 self._send_metrics(self._next_metrics())
             self._take_queued()
 
-    def flush(self, timeout: float = 120.0) -> None:
-        """Wait until everything queued so far has been sent (or ``timeout`` passes)."""
-        done = threading.Event()
-        self._queue.put(("call", done.set))
-        done.wait(timeout)
-
     def close(self, status: str = "FINISHED", timeout: float = 120.0) -> None:
         self._queue.put(("call", lambda: self.client.set_terminated(self.run_id, status=status)))
         self._deadline = time.monotonic() + timeout
         self._closing = True
-        self._wake.set()
         self._queue.put(None)
         self._thread.join(timeout + 5)
