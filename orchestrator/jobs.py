@@ -16,7 +16,10 @@ import logging
 import os
 import re
 import shlex
+import subprocess
 import sys
+import tempfile
+import zipfile
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +41,9 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXCLUDES = [
     ".git/", ".venv/", ".pytest_cache/", "**/__pycache__/", "*.egg-info/", "build/",
     "mlflow.db", "mlruns/", "mlartifacts/", "checkpoints/",
+    # The source tree's package stub: in the job's working directory it would shadow the
+    # complete package that travels in py_modules (see code_package).
+    "/metaorch/",
 ]  # fmt: skip
 ENV_VARS = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -102,6 +108,36 @@ def runtime_env(path: str | None) -> dict[str, Any]:
     except Exception as exc:  # Ray's own validation, here rather than after the upload
         raise UserError(f"{where}: {exc}") from None
     return env
+
+
+def code_package(build_dir: str | Path) -> Path:
+    """The metaorch package this process runs, as a directory for the job's ``py_modules``.
+
+    The job must run the submitter's code, not whatever version the cluster's image holds.
+    From a source tree (an editable install: the layers live in top-level folders) a wheel is
+    built and unpacked into ``build_dir``, so the package travels laid out as it installs;
+    an installed package is already laid out and travels as it is. It goes as a directory,
+    not as the wheel: Ray installs a wheel with pip and would pull in all of its dependencies.
+    """
+    import metaorch
+    import metaorch.algorithms
+
+    package = Path(metaorch.__file__).parent
+    if Path(metaorch.algorithms.__file__).parent.parent == package:
+        return package
+    root = package.parent
+    wheels = Path(build_dir) / "wheel"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "--wheel-dir", str(wheels), str(root)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    built = sorted(wheels.glob("metaorch-*.whl"))
+    if proc.returncode != 0 or not built:
+        raise UserError(f"building a wheel of {root} to ship with the job failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    unpacked = Path(build_dir) / "code"
+    with zipfile.ZipFile(built[-1]) as whl:
+        whl.extractall(unpacked)
+    return unpacked / "metaorch"
 
 
 def _config_in(config_path: str, working_dir: str) -> str:
@@ -228,34 +264,37 @@ def submit(
 
     from metaorch.orchestrator.tracking import client
 
-    mlflow = client(uri)
-    submission_id = f"metaorch-{uuid.uuid4().hex[:12]}"
-    tags = {"metaorch.submission_id": submission_id, "metaorch.job_api": address}
-    if resume is not None:
-        run_id, experiment_id = resume, _resumable(mlflow, resume, uri)
-        for k, v in tags.items():
-            mlflow.set_tag(run_id, k, v)
-    else:
-        exp = mlflow.get_experiment_by_name(config.tracking.experiment)
-        experiment_id = exp.experiment_id if exp is not None else mlflow.create_experiment(config.tracking.experiment)
-        run_id = mlflow.create_run(experiment_id, run_name=config.tracking.run_name, tags=tags).info.run_id
-    url = run_url(uri, experiment_id, run_id)
+    # Ray uploads the package during submit_job; the local copy is not needed after it.
+    with tempfile.TemporaryDirectory(prefix="metaorch-code-") as build:
+        env["py_modules"] = [*env.get("py_modules", []), str(code_package(build))]
+        mlflow = client(uri)
+        submission_id = f"metaorch-{uuid.uuid4().hex[:12]}"
+        tags = {"metaorch.submission_id": submission_id, "metaorch.job_api": address}
+        if resume is not None:
+            run_id, experiment_id = resume, _resumable(mlflow, resume, uri)
+            for k, v in tags.items():
+                mlflow.set_tag(run_id, k, v)
+        else:
+            exp = mlflow.get_experiment_by_name(config.tracking.experiment)
+            experiment_id = exp.experiment_id if exp is not None else mlflow.create_experiment(config.tracking.experiment)
+            run_id = mlflow.create_run(experiment_id, run_name=config.tracking.run_name, tags=tags).info.run_id
+        url = run_url(uri, experiment_id, run_id)
 
-    command = ["metaorch", "train", relative, "--tracking-uri", uri, *(("--resume", run_id) if resume else ("--run-id", run_id))]
-    command += [a for o in overrides for a in ("--set", o)]
-    try:
-        jobs.submit_job(
-            entrypoint=shlex.join(command),
-            submission_id=submission_id,
-            runtime_env=env,
-            metadata={"metaorch_run_id": run_id, "mlflow_run": url},
-            entrypoint_num_gpus=num_gpus,
-            entrypoint_resources=entry_resources,
-        )
-    except Exception as exc:
-        if resume is None:
-            mlflow.delete_run(run_id)  # nothing half-made: the run was only for this job
-        raise UserError(f"submitting to {address} failed: {exc}") from None
+        command = ["python", "-m", "metaorch", "train", relative, "--tracking-uri", uri, *(("--resume", run_id) if resume else ("--run-id", run_id))]
+        command += [a for o in overrides for a in ("--set", o)]
+        try:
+            jobs.submit_job(
+                entrypoint=shlex.join(command),
+                submission_id=submission_id,
+                runtime_env=env,
+                metadata={"metaorch_run_id": run_id, "mlflow_run": url},
+                entrypoint_num_gpus=num_gpus,
+                entrypoint_resources=entry_resources,
+            )
+        except Exception as exc:
+            if resume is None:
+                mlflow.delete_run(run_id)  # nothing half-made: the run was only for this job
+            raise UserError(f"submitting to {address} failed: {exc}") from None
 
     print(f"submitted job {submission_id} to {address}")
     print(f"  dashboard:  {address}/#/jobs/{submission_id}")

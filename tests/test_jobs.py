@@ -268,3 +268,24 @@ def test_driver_killed_then_submit_resume_continues_the_run_with_every_step_once
         assert _steps(c, run_id, key) == list(range(1, n + 1)), key  # none lost, none twice
     assert _steps(c, run_id, "val/loss") == [100, 200, 300]
     assert _checkpointed(c, run_id) == n
+
+
+def test_a_job_imports_the_submitters_code_not_the_clusters(services, tmp_path, monkeypatch):
+    """The package `submit` ships in py_modules is the one the job imports, ahead of any
+    metaorch installed on the cluster (here: this checkout's editable install)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from metaorch.orchestrator.jobs import code_package, runtime_env
+
+    job_api, _, _ = services
+    monkeypatch.chdir(ROOT)
+    package = code_package(tmp_path)
+    assert (package / "algorithms" / "maml.py").read_bytes() == (ROOT / "algorithms" / "maml.py").read_bytes()
+    assert not (package.parent / "algorithms").exists()  # the layers travel inside metaorch/
+    env = runtime_env(None) | {"py_modules": [str(package)]}
+    probe = "import metaorch.algorithms as a, metaorch.orchestrator.cli; print('CODE-AT', a.__file__)"
+    jobs = JobSubmissionClient(job_api)
+    job = jobs.submit_job(entrypoint=f"python -c {probe!r}", runtime_env=env)
+    assert wait_terminal(jobs, job, timeout_s=JOB_S) == "SUCCEEDED", jobs.get_job_logs(job)
+    where = Path(re.search(r"CODE-AT (\S+)", jobs.get_job_logs(job)).group(1))
+    assert ROOT not in where.parents and "runtime_resources" in where.parts, where
