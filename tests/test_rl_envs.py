@@ -13,9 +13,13 @@ from metaorch.tasks.base import TaskDescriptor
 from metaorch.tasks.rl import FAMILIES, EnvFamilyError, TrialEnv, make_family
 
 
-def _quiet_check(env: gym.Env) -> None:
+def _strict_check(env: gym.Env) -> None:
+    """gymnasium's checker with its warnings as errors: it reports a NaN reward or an observation
+    outside its space only as a warning. Unbounded Box observations (positions, velocities, the
+    trial's reward channel) are by design, so its two notes on infinite bounds alone are allowed."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*infinity.*")  # MuJoCo's own unbounded Box spaces
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=r".*A Box observation space (minimum|maximum) value is -?infinity")
         check_env(env, skip_render_check=True)
 
 
@@ -24,9 +28,38 @@ def _quiet_check(env: gym.Env) -> None:
 def test_every_family_passes_gymnasiums_checker(name, trial):
     family = make_family(name, trial_episodes=trial)
     env = family.make(family.task(TaskDescriptor(0, "train", 0, 3)))
-    _quiet_check(env)
+    _strict_check(env)
     assert env.observation_space == family.observation_space and env.action_space == family.action_space
     assert family.horizon == (trial or 1) * make_family(name).horizon
+
+
+class _NanReward(gym.Wrapper):
+    def step(self, action):
+        obs, _, term, trunc, info = self.env.step(action)
+        return obs, float("nan"), term, trunc, info
+
+
+class _OutsideSpace(gym.Wrapper):
+    """Declares a bounded observation space that the wrapped env's observations leave."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        shape = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(-1e-3, 1e-3, shape, env.observation_space.dtype)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs + 1.0, info
+
+
+@pytest.mark.parametrize(
+    "broken,message", [(_NanReward, "reward is a NaN"), (_OutsideSpace, "not within the observation space")], ids=["nan-reward", "outside-space"]
+)
+def test_the_strict_checker_fails_a_broken_env(broken, message):
+    family = make_family("navigation_2d")
+    env = broken(family.make(family.task(TaskDescriptor(0, "train", 0, 3))))
+    with pytest.raises(UserWarning, match=message):
+        _strict_check(env)
 
 
 def _rollout(env: gym.Env, seed: int, steps: int, action_seed: int = 0):
