@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
-# A batch of tasks, stacked on dim 0: support_x, support_y, query_x, query_y, ...
-TaskBatch = dict[str, torch.Tensor]
+from metaorch.tasks.base import TaskBatch
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Vectorize = Literal["vmap", "loop"]
 # Reptile's inner Adam (Nichol et al.): beta1 = 0, so only the second moment is kept.

@@ -13,8 +13,9 @@ from torch import nn
 from torch.func import grad_and_value
 from torch.nn import functional as F
 
-from metaorch.algorithms.base import OuterUpdate, TaskBatch, Vectorize, accuracy, map_tasks
+from metaorch.algorithms.base import OuterUpdate, Vectorize, accuracy, map_tasks
 from metaorch.algorithms.models import FunctionalModel
+from metaorch.tasks.base import TaskBatch
 
 Metrics = dict[str, torch.Tensor]
 

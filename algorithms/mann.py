@@ -33,10 +33,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metaorch.algorithms.base import OuterUpdate, TaskBatch, Vectorize, accuracy
+from metaorch.algorithms.base import OuterUpdate, Vectorize, accuracy
 from metaorch.algorithms.conv4 import Conv4
 from metaorch.algorithms.episodic import EpisodicLearner, Metrics
 from metaorch.algorithms.models import FunctionalModel
+from metaorch.tasks.base import TaskBatch
 
 INSTANCES = (1, 2, 3, 5, 10)  # the occurrences of a class at which accuracy is reported
 MEMORY_INIT = 1e-6  # a constant, non-zero memory so the first cosines are defined

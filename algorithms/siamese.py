@@ -12,11 +12,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metaorch.algorithms.base import TaskBatch, Vectorize, accuracy
+from metaorch.algorithms.base import Vectorize, accuracy
 from metaorch.algorithms.conv4 import Conv4
 from metaorch.algorithms.episodic import EpisodicLearner, Metrics
 from metaorch.algorithms.models import FunctionalModel
 from metaorch.algorithms.protonet import class_one_hot
+from metaorch.tasks.base import TaskBatch
 
 
 class SiameseNetwork(nn.Module):

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
+import torch
 
-from metaorch.algorithms.base import TaskBatch
-
+# A batch of tasks, stacked on dim 0: support_x, support_y, query_x, query_y, ... (what a
+# family builds and every learner consumes; tasks own it, algorithms import it from here)
+TaskBatch = dict[str, torch.Tensor]
 Split = Literal["train", "val", "test"]
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from metaorch.algorithms.base import TaskBatch
-from metaorch.tasks.base import TaskDescriptor
+from metaorch.tasks.base import TaskBatch, TaskDescriptor
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, np.pi)

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaorch.algorithms.base import TaskBatch, accuracy
+from metaorch.algorithms.base import accuracy
 from metaorch.algorithms.episodic import EpisodicLearner
 from metaorch.algorithms.matching import MatchingNetworks, attention_logits, matching_model
 from metaorch.algorithms.protonet import ProtoNet, prototype_logits
 from metaorch.algorithms.siamese import SiameseNetworks, max_per_class, verification_loss
+from metaorch.tasks.base import TaskBatch
 
 torch.set_num_threads(1)
 

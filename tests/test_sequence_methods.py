@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaorch.algorithms.base import TaskBatch
 from metaorch.algorithms.episodic import EpisodicLearner
 from metaorch.algorithms.mann import MANN, MANNCore, MemoryState, cosine_weights, least_used, lrua_write_weights, update_usage
 from metaorch.algorithms.snail import SNAIL
+from metaorch.tasks.base import TaskBatch
 
 WAYS = 5
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaorch.algorithms.base import TaskBatch
-from metaorch.tasks.base import TaskDescriptor
+from metaorch.tasks.base import TaskBatch, TaskDescriptor
 from metaorch.tasks.omniglot.archives import DRAWINGS
 from metaorch.tasks.omniglot.data import OmniglotData, load_omniglot
 from metaorch.tasks.omniglot.errors import DatasetError

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from metaorch.algorithms.base import TaskBatch
+from metaorch.tasks.base import TaskBatch
 from metaorch.tasks.omniglot.archives import DRAWINGS, characters, find_archives
 from metaorch.tasks.omniglot.data import load_omniglot
 from metaorch.tasks.omniglot.errors import DatasetError
