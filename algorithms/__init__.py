@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from metaorch.algorithms.anil import ANIL
-from metaorch.algorithms.base import FewShotClassifier, LossFn, MetaLearner, OuterUpdate, TaskBatch, Vectorize
+from metaorch.algorithms.base import FewShotClassifier, LossFn, MetaLearner, OuterUpdate, Vectorize
 from metaorch.algorithms.conv4 import Conv4, Conv4Classifier
 from metaorch.algorithms.episodic import EpisodicLearner, EpisodicModel
 from metaorch.algorithms.maml import MAML
@@ -11,6 +11,7 @@ from metaorch.algorithms.meta_model import MetaModel
 from metaorch.algorithms.models import FunctionalModel, mlp
 from metaorch.algorithms.params import ParamLayout
 from metaorch.algorithms.reptile import Reptile
+from metaorch.tasks.base import TaskBatch
 
 GRADIENT_BASED = ("maml", "fomaml", "metasgd", "reptile", "anil")
 EPISODIC = ("protonet", "matching", "siamese", "mann", "snail")
