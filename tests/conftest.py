@@ -33,6 +33,50 @@ def ray_session():
     ray.shutdown()
 
 
+OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+OMNIGLOT_SMALL = ("images_background_small1", "images_background_small2")
+
+
+def omniglot_root() -> Path:
+    """The Omniglot small sets in ``../shared``. Missing, a test skips on a developer's machine
+    but fails where ``CI`` is set: a CI run must not pass by skipping the real-data tests."""
+    if not all((OMNIGLOT / f"{name}.zip").is_file() for name in OMNIGLOT_SMALL):
+        message = f"Omniglot small sets not found in {OMNIGLOT} (expected {' and '.join(n + '.zip' for n in OMNIGLOT_SMALL)})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI is set, so this is an error, not a skip")
+        pytest.skip(message)
+    return OMNIGLOT
+
+
+@pytest.fixture
+def no_ray_start(monkeypatch):
+    """Starting or joining Ray fails the test: bad input must be refused before Ray starts.
+
+    ``is_initialized`` reads False, so code that would reuse the session's instance calls
+    ``init`` (and fails) too; checking afterwards could not see an instance already shut down.
+    """
+    import ray
+    import ray._private.worker
+
+    def refuse(*args, **kwargs):
+        pytest.fail("Ray was started for bad input")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray._private.worker, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+
+def no_ray_env(ray_tmp: Path) -> dict[str, str]:
+    """Environment for a CLI subprocess under which any Ray it starts leaves ``ray_tmp/ray/session_*``."""
+    return {"RAY_TMPDIR": str(ray_tmp)}
+
+
+def assert_no_ray_started(ray_tmp: Path) -> None:
+    """After a subprocess run with :func:`no_ray_env`: no Ray instance was started."""
+    started = sorted(p.name for p in ray_tmp.glob("ray/session_*"))
+    assert not started, f"Ray was started for bad input: {started}"
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Run in a fresh directory so mlflow.db and checkpoints/ never leak between tests."""

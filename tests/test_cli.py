@@ -22,7 +22,7 @@ import yaml
 from metaorch.orchestrator import cli
 from metaorch.orchestrator.config import Config, from_dict, load_config
 from metaorch.orchestrator.errors import UserError
-from conftest import free_port
+from conftest import assert_no_ray_started, free_port, no_ray_env, omniglot_root
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_S = 20.0  # well before Ray's or MLflow's own retries would give up
@@ -62,9 +62,9 @@ def _check_rejection(cwd: Path, before: set[str], code, out: str, err: str, seco
     return error_lines[0]
 
 
-def _metaorch(cwd: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+def _metaorch(cwd: Path, args: list[str], ray_tmp: Path) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if k not in _HOST_ENV}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true", **no_ray_env(ray_tmp))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "metaorch.orchestrator.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
@@ -92,12 +92,10 @@ def quiet_logging():
 
 
 @pytest.fixture
-def main_rejects(job, capsys, quiet_logging):
+def main_rejects(job, capsys, quiet_logging, no_ray_start):
     """``metaorch ARGS`` in-process in ``job``: exits 2 at once, naming every needle, starting no Ray."""
-    import ray
 
     def check(args: list[str], needles: list[str]) -> str:
-        ray_was_up = ray.is_initialized()
         before = set(os.listdir(job))
         capsys.readouterr()
         t0 = time.perf_counter()
@@ -105,8 +103,6 @@ def main_rejects(job, capsys, quiet_logging):
             cli.main(args)
         seconds = time.perf_counter() - t0
         captured = capsys.readouterr()
-        if not ray_was_up:
-            assert not ray.is_initialized(), "Ray was started for bad input"
         return _check_rejection(job, before, exit_info.value.code, captured.out, captured.err, seconds, needles)
 
     return check
@@ -260,7 +256,10 @@ OTHER_RUNS = {
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
-    """Case id -> (its directory, the entries in it before the run, a future of (process, seconds))."""
+    """Case id -> (its directory, the entries in it before the run, a future of (process, seconds)).
+
+    Each run has its own Ray temp dir (``RAY_TMPDIR``), checked for a session when it is read.
+    """
     runs = {}
     with ThreadPoolExecutor(max_workers=2) as pool:
         cases = [(case_id, make) for case_id, make, _ in SUBPROCESS] + [(k, lambda d, a=a: a) for k, a in OTHER_RUNS.items()]
@@ -268,10 +267,17 @@ def cli_runs(tmp_path_factory):
             cwd = tmp_path_factory.mktemp(case_id)
             (cwd / "tiny.yaml").write_text(yaml.safe_dump(TINY))
             args = make(cwd)
-            runs[case_id] = (cwd, set(os.listdir(cwd)), pool.submit(_metaorch, cwd, args))
+            ray_tmp = tmp_path_factory.mktemp("ray")
+            runs[case_id] = (cwd, set(os.listdir(cwd)), pool.submit(_ran_without_ray, cwd, args, ray_tmp))
         yield runs
         for *_, future in runs.values():
             future.cancel()
+
+
+def _ran_without_ray(cwd: Path, args: list[str], ray_tmp: Path) -> tuple[subprocess.CompletedProcess, float]:
+    result = _metaorch(cwd, args, ray_tmp)
+    assert_no_ray_started(ray_tmp)
+    return result
 
 
 @pytest.mark.parametrize("needles", [c[2] for c in SUBPROCESS], ids=[c[0] for c in SUBPROCESS])
@@ -428,9 +434,7 @@ def test_train_rejects_bad_omniglot_data(job, main_rejects, tmp_path_factory, ki
 
 
 def test_train_rejects_unknown_alphabet(job, main_rejects, tmp_path_factory):
-    shared = ROOT.parent / "shared" / "data" / "omniglot"
-    if not shared.is_dir():
-        pytest.skip(f"Omniglot small sets not found at {shared}")
+    shared = omniglot_root()
     split = "data.split={train: [Greek], val: [Latin], test: [Klingon]}"
     main_rejects(["train", "tiny.yaml", *OMNIGLOT_TINY, *_sets(f"data.root={shared}", f"data.cache_dir={tmp_path_factory.mktemp('cache')}", split)], ["Klingon"])
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import OMNIGLOT, OMNIGLOT_SMALL, omniglot_root
 from metaorch.tasks.base import TaskDescriptor, descriptors
 from metaorch.tasks.omniglot import (
     DatasetError,
@@ -32,8 +33,7 @@ from metaorch.tasks.omniglot import (
     write_runs,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-SMALL1, SMALL2 = "images_background_small1", "images_background_small2"
+SMALL1, SMALL2 = OMNIGLOT_SMALL
 ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit", "Tagalog"]
 CHARACTERS = {"Balinese": 24, "Early_Aramaic": 22, "Greek": 24, "Japanese_(katakana)": 47, "Korean": 40,
               "Latin": 26, "Sanskrit": 42, "Tagalog": 17}
@@ -42,9 +42,7 @@ KEYS = ("support_x", "support_y", "query_x", "query_y", "order")
 
 @pytest.fixture(scope="module")
 def root() -> Path:
-    if not all((DATA / f"{n}.zip").is_file() for n in (SMALL1, SMALL2)):
-        pytest.skip(f"Omniglot small sets not found in {DATA} (expected {SMALL1}.zip and {SMALL2}.zip)")
-    return DATA
+    return omniglot_root()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +57,7 @@ def data(root: Path, cache: Path) -> OmniglotData:
 
 def only_small1(tmp_path: Path) -> Path:
     (tmp_path / "one").mkdir()
-    os.symlink(DATA / f"{SMALL1}.zip", tmp_path / "one" / f"{SMALL1}.zip")
+    os.symlink(OMNIGLOT / f"{SMALL1}.zip", tmp_path / "one" / f"{SMALL1}.zip")
     return tmp_path / "one"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import OMNIGLOT, omniglot_root
 from metaorch.orchestrator.components import build_components
 from metaorch.algorithms import EPISODIC
 from metaorch.orchestrator.config import deep_merge, from_dict
@@ -17,8 +18,11 @@ from metaorch.orchestrator.evaluation import classification_test
 from metaorch.orchestrator.trainer import evaluate, train
 from metaorch.tasks import descriptors
 
-OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
-pytestmark = pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"Omniglot small sets not found at {OMNIGLOT}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _omniglot_present() -> Path:
+    return omniglot_root()
 
 
 @pytest.fixture(scope="session")
