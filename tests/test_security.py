@@ -4,7 +4,8 @@
   first proves it runs code when loaded the unsafe way, then must be refused (exit 2) by
   metaorch with no code run.
 - A password in a tracking URI reaches no MLflow param, artifact, checkpoint, error or log line,
-  and ``metaorch submit`` refuses to put one where Ray stores and shows it.
+  and ``metaorch submit`` refuses to put one where Ray stores and shows it: a password in the
+  tracking URI (flag, environment or config) or a secret-looking name in ``env_vars``.
 - ``metaorch eval`` never unpickles: the run's pickled MLflow model is replaced by a hostile
   one, and evaluating the run still runs no code.
 """
@@ -47,7 +48,7 @@ def _write_hostile_pickle(path: Path, marker: Path) -> None:
     marker.unlink()  # ...so its absence below means metaorch did not
 
 
-def test_pickled_checkpoint_is_refused_and_runs_no_code(workdir, capsys):
+def test_pickled_checkpoint_is_refused_and_runs_no_code(workdir, capsys, no_ray_start):
     marker = workdir / "pwned"
     _write_hostile_pickle(workdir / "evil.pt", marker)
     (workdir / "job.yaml").write_text("outer: {iterations: 2}\n")
@@ -60,7 +61,7 @@ def test_pickled_checkpoint_is_refused_and_runs_no_code(workdir, capsys):
     assert not (workdir / "checkpoints").exists()
 
 
-def test_yaml_with_python_tags_is_refused_and_runs_no_code(workdir, capsys):
+def test_yaml_with_python_tags_is_refused_and_runs_no_code(workdir, capsys, no_ray_start):
     marker = workdir / "pwned"
     tag = f"!!python/object/apply:builtins.open [{str(marker)!r}, w]"
     yaml.unsafe_load(tag).close()  # the unsafe loader runs it
@@ -137,3 +138,54 @@ def test_eval_never_unpickles_the_runs_model(ray_session, workdir):
     result = evaluate(run.run_id, tasks=4, steps=[1], tracking_uri=store)
     assert result.estimates[1].n == 4
     assert not marker.exists()
+
+
+# -- metaorch submit: Ray stores the entrypoint and the runtime env and shows them -------------
+@pytest.fixture
+def submitter(workdir, monkeypatch, no_ray_start):
+    """A job dir with ``ok.yaml``; reaching for the job API or starting Ray fails the test."""
+    from metaorch.orchestrator import jobs
+
+    def contacted(address: str):
+        pytest.fail(f"the job API {address} was contacted before the refusal")
+
+    monkeypatch.setattr(jobs, "connect", contacted)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (workdir / "ok.yaml").write_text("outer: {iterations: 2}\n")
+    return workdir
+
+
+@pytest.mark.parametrize("via", ["flag", "environment", "config"])
+def test_submit_refuses_a_password_in_the_tracking_uri(submitter, capsys, monkeypatch, via):
+    secret_uri = f"postgresql://meta:{SECRET}@db.example:5432/mlflow"
+    argv = ["submit", "ok.yaml", "--address", "http://127.0.0.1:1"]
+    if via == "flag":
+        argv += ["--tracking-uri", secret_uri]
+    elif via == "environment":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", secret_uri)
+    else:
+        argv += ["--set", f"tracking.uri={secret_uri}"]
+    assert _exit_code(argv) == 2
+    out, err = capsys.readouterr()
+    assert "tracking URI postgresql://meta:***@db.example:5432/mlflow: holds a password" in err, err
+    assert SECRET not in out + err
+    assert sorted(p.name for p in submitter.iterdir()) == ["ok.yaml"]  # no store, no run
+
+
+@pytest.mark.parametrize(
+    "name", ["DB_PASSWORD", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS", "SSH_PRIVATE_KEY_FILE", "API_KEY", "mlflow_tracking_password"]
+)
+def test_submit_refuses_secret_looking_env_vars(submitter, capsys, name):
+    (submitter / "env.yaml").write_text(yaml.safe_dump({"env_vars": {"OMP_NUM_THREADS": "1", name: SECRET}}))
+    assert _exit_code(["submit", "ok.yaml", "--address", "http://127.0.0.1:1", "--runtime-env", "env.yaml"]) == 2
+    out, err = capsys.readouterr()
+    assert f"--runtime-env env.yaml: env_vars.{name}: Ray stores runtime environments" in err, err
+    assert SECRET not in out + err
+
+
+@pytest.mark.parametrize("name", ["OMP_NUM_THREADS", "KEYBOARD_LAYOUT", "MONKEY", "PYTHONHASHSEED"])
+def test_ordinary_env_vars_go_with_the_job(tmp_path, name):
+    from metaorch.orchestrator.jobs import runtime_env
+
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump({"env_vars": {name: "1"}}))
+    assert runtime_env(str(tmp_path / "env.yaml"))["env_vars"][name] == "1"
