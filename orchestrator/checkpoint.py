@@ -8,7 +8,9 @@ while saving never leaves a half-written checkpoint in place of a good one.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +71,18 @@ def load(path: str | Path) -> Checkpoint:
     if not p.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        raw = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"checkpoint {path} is not a readable metaorch checkpoint: {exc.__class__.__name__}: {exc}") from None
+        with warnings.catch_warnings():  # torch warns in paragraphs about pickle protocols it meets
+            warnings.simplefilter("ignore")
+            raw = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message is a page of advice that ends in "load it with weights_only=False",
+        # which would run whatever code the file holds: one line, and no such advice.
+        raise UserError(
+            f"checkpoint {path} is not a readable metaorch checkpoint: it holds objects other than "
+            "tensors, numbers and strings, which are not unpickled because that could run code"
+        ) from None
+    except Exception:
+        raise UserError(f"checkpoint {path} is not a readable metaorch checkpoint: corrupt, truncated or not written by torch.save") from None
     if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
         raise UserError(f"checkpoint {path}: not a metaorch checkpoint of format {FORMAT_VERSION}")
     try:

@@ -54,11 +54,26 @@ def test_pickled_checkpoint_is_refused_and_runs_no_code(workdir, capsys, no_ray_
     (workdir / "job.yaml").write_text("outer: {iterations: 2}\n")
 
     assert _exit_code(["eval", "evil.pt"]) == 2
-    assert "evil.pt is not a readable metaorch checkpoint" in capsys.readouterr().err
+    _assert_one_line_naming(capsys.readouterr().err, "evil.pt")
     assert _exit_code(["train", "job.yaml", "--resume", "evil.pt"]) == 2
-    assert "evil.pt is not a readable metaorch checkpoint" in capsys.readouterr().err
+    _assert_one_line_naming(capsys.readouterr().err, "evil.pt")
     assert not marker.exists()
     assert not (workdir / "checkpoints").exists()
+
+
+def _assert_one_line_naming(err: str, name: str) -> None:
+    """One error line naming the file, without torch's advice to load it with ``weights_only=False``."""
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{name} is not a readable metaorch checkpoint" in err and "weights_only" not in err, err
+
+
+def test_a_checkpoint_of_other_objects_gets_one_line(workdir, capsys, no_ray_start):
+    """Not code, just not weights (a numpy array): refused in one line, no traceback, no advice."""
+    import numpy as np
+
+    torch.save({"format_version": 1, "meta_params": np.zeros(3)}, workdir / "arrays.pt")
+    assert _exit_code(["eval", "arrays.pt"]) == 2
+    _assert_one_line_naming(capsys.readouterr().err, "arrays.pt")
 
 
 def test_yaml_with_python_tags_is_refused_and_runs_no_code(workdir, capsys, no_ray_start):
