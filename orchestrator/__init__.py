@@ -12,7 +12,7 @@ from typing import Any
 from metaorch.orchestrator.config import Config, load_config
 from metaorch.orchestrator.errors import UserError
 
-_TRAINER = ("EvalResult", "RunResult", "evaluate", "train")
+_TRAINER = ("EvalResult", "RunResult", "evaluate", "train")  # from orchestrator.trainer
 
 
 def __getattr__(name: str) -> Any:

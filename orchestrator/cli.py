@@ -1,4 +1,5 @@
-"""``metaorch``: train, eval, submit, jobs and config show. Bad input exits with code 2 and one line."""
+"""``metaorch``: train, eval, submit, jobs and config show. Bad input exits with code 2 and one line;
+a worker pool out of restarts exits with code 1 and one line (its last checkpoint is saved)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 import sys
 
+from metaorch.orchestrator import registry
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.preflight import redact
 
@@ -34,7 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metaorch", description="Distributed meta-training on Ray, tracked in MLflow.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="meta-train from a YAML config")
+    t = sub.add_parser(
+        "train", help="meta-train from a YAML config", epilog=registry.summary(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     t.add_argument("config", help="YAML config file")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. outer.lr=0.001")
     t.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
@@ -96,15 +100,21 @@ def run(argv: list[str]) -> int:
     if args.command in ("submit", "jobs"):
         return _jobs(args)
 
+    from metaorch.orchestrator.console import print_estimates
     from metaorch.orchestrator.tracking import ui_command
-    from metaorch.orchestrator.trainer import evaluate, print_estimates, train
+    from metaorch.orchestrator.trainer import evaluate, train
+    from metaorch.workers import PoolExhausted
 
     if args.command == "train":
         config = load_config(args.config, args.overrides)
-        result = train(
-            config, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
-            progress=not args.quiet, run_id=args.run_id,
-        )  # fmt: skip
+        try:
+            result = train(
+                config, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
+                progress=not args.quiet, run_id=args.run_id,
+            )  # fmt: skip
+        except PoolExhausted as exc:  # the loop saved a checkpoint and marked the run FAILED
+            print(f"metaorch: error: the worker pool gave out: {redact(str(exc))}", file=sys.stderr)
+            return 1
         print(f"run {result.run_id}: {result.iterations} iterations in {result.train_seconds:.1f}s, {result.restarts} worker restart(s)")
         print(f"checkpoint: {result.checkpoint}")
         if result.test:

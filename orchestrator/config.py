@@ -14,14 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from metaorch.algorithms.rl import MAMLTRPOConfig, PEARLConfig, PPOConfig
+from metaorch.orchestrator import registry
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.preflight import redact
-
-
-DRAWINGS = 20  # Omniglot: drawings per character
-SUPERVISED_TASKS = ("sinusoid", "omniglot")
-RL_TASKS = ("half_cheetah_vel", "half_cheetah_dir", "ant_dir", "ant_goal", "navigation_2d", "bandit", "tabular_mdp")
-RL_ALGORITHMS = ("maml_trpo", "rl2", "pearl")
 
 
 class Section(BaseModel):
@@ -29,10 +24,7 @@ class Section(BaseModel):
 
 
 class TaskConfig(Section):
-    name: Literal[
-        "sinusoid", "omniglot",
-        "half_cheetah_vel", "half_cheetah_dir", "ant_dir", "ant_goal", "navigation_2d", "bandit", "tabular_mdp",
-    ] = "sinusoid"  # fmt: skip
+    name: registry.TaskName = "sinusoid"  # type: ignore[valid-type]
     options: dict[str, Any] = Field(
         default_factory=dict, description="meta-RL: the environment family's options, e.g. {low: 0, high: 3} for half_cheetah_vel"
     )
@@ -68,14 +60,8 @@ class ModelConfig(Section):
         return hidden
 
 
-ANY_WAYS = ("protonet", "matching", "siamese")  # no N-unit output layer: evaluate at any N
-
-
 class AlgorithmConfig(Section):
-    name: Literal[
-        "maml", "fomaml", "metasgd", "reptile", "anil", "protonet", "matching", "siamese", "mann", "snail",
-        "maml_trpo", "rl2", "pearl",
-    ] = "maml"  # fmt: skip
+    name: registry.MethodName = "maml"  # type: ignore[valid-type]
     inner_lr: float = Field(0.01, gt=0, le=10)
     inner_steps: int = Field(1, ge=1, le=1000)
     first_order: bool = Field(False, description="ANIL: drop second-order terms")
@@ -118,8 +104,10 @@ class WorkersConfig(Section):
     threads: int = Field(1, ge=1, le=256, description="torch threads inside each worker")
     chunk_size: int = Field(13, ge=1, description="tasks per vectorised call; fixes the reduction order")
     max_restarts: int = Field(10, ge=0, description="replacements of dead workers before the run fails")
-    transport: Literal["calls", "compiled"] = Field(
-        "calls", description="actor calls + one ray.put, or a Ray Compiled Graph (lower latency, alpha API)"
+    transport: Literal["calls", "compiled", "inprocess"] = Field(
+        "calls",
+        description="actor calls + one ray.put, a Ray Compiled Graph (lower latency, alpha API), "
+        "or inprocess: one worker computed in the driver (no Ray round trip)",
     )
 
     @field_validator("num_workers", mode="before")
@@ -220,61 +208,66 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
+    def _transport_fits(self) -> None:
+        """The compiled graph has no per-shard timeout; inprocess is one worker, never re-run."""
+        w = self.workers
+        if w.transport != "calls" and w.shard_timeout_s is not None:
+            raise ValueError(f"workers.shard_timeout_s applies to workers.transport=calls, not workers.transport={w.transport}")
+        if w.transport == "inprocess" and w.num_workers != 1:
+            raise ValueError(f"workers.transport=inprocess computes one worker in the driver: workers.num_workers must be 1, not {w.num_workers}")
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        """Combinations no section can check alone, rejected before anything starts."""
+        """Combinations no section can check alone, rejected before anything starts; what
+        applies to which method and task family is the registry's."""
+        self._transport_fits()
         t, a, e = self.task, self.algorithm.name, self.eval
-        if (t.name in RL_TASKS) != (a in RL_ALGORITHMS):
+        family, method = registry.task(t.name), registry.method(a)
+        if family.problem not in method.problems:
             raise ValueError(
-                f"algorithm.name={a!r} does not apply to task.name={t.name!r}: meta-RL tasks ({', '.join(RL_TASKS)}) "
-                f"take {', '.join(RL_ALGORITHMS)}; {', '.join(SUPERVISED_TASKS)} take the others"
+                f"algorithm.name={a!r} does not apply to task.name={t.name!r} ({family.problem}): "
+                f"{t.name} takes {', '.join(registry.methods_for(family.problem))}"
             )
-        if t.shift and t.name != "omniglot":
-            raise ValueError(f"task.shift={t.shift} moves Omniglot drawings; it does not apply to task.name={t.name!r}")
-        if t.name in RL_TASKS:
-            return self._consistent_rl()
+        if t.shift and not family.shift:
+            raise ValueError(f"task.shift={t.shift} moves drawings; it does not apply to task.name={t.name!r}")
+        if family.problem == "rl":
+            return self._consistent_rl(family, method)
         if t.options or t.trial_episodes is not None or e.task_params is not None:
             raise ValueError(f"task.options, task.trial_episodes and eval.task_params apply to meta-RL tasks, not task.name={t.name!r}")
-        if a != "reptile" and (self.algorithm.inner_optimizer != "sgd" or self.algorithm.inner_batch is not None):
-            raise ValueError(f"algorithm.inner_optimizer and algorithm.inner_batch apply to reptile, not algorithm.name={a!r}")
-        if t.name == "sinusoid":
-            if a not in ("maml", "fomaml", "metasgd", "reptile"):
-                raise ValueError(f"algorithm.name={a!r} needs a classification task; sinusoid supports maml, fomaml, metasgd, reptile")
-            if not self.model.transductive:
-                raise ValueError("model.transductive=false applies to Conv-4 batch norm; the sinusoid MLP has none")
-            return self
-        if self.data.root is None:
+        if not method.inner_optimizer and (self.algorithm.inner_optimizer != "sgd" or self.algorithm.inner_batch is not None):
+            takers = ", ".join(m.name for m in registry.METHODS.values() if m.inner_optimizer)
+            raise ValueError(f"algorithm.inner_optimizer and algorithm.inner_batch apply to {takers}, not algorithm.name={a!r}")
+        if not family.batch_norm and not self.model.transductive:
+            raise ValueError(f"model.transductive=false applies to Conv-4 batch norm; the {t.name} MLP has none")
+        if family.needs_data and self.data.root is None:
             raise ValueError(f"data.root is required for task.name={t.name!r}: the directory holding the archives")
         ways = e.ways or [t.ways]
-        if a not in ANY_WAYS and ways != [t.ways]:
+        if family.problem == "classification" and not method.any_ways and ways != [t.ways]:
             raise ValueError(f"eval.ways={ways}: {a} has a {t.ways}-way output layer; only [{t.ways}] is possible")
-        shots = max(e.shots or [t.shots])
-        if t.shots + t.queries > DRAWINGS or shots + e.queries > DRAWINGS:
+        most, shots = family.examples_per_class, max(e.shots or [t.shots])
+        if most is not None and (t.shots + t.queries > most or shots + e.queries > most):
             raise ValueError(
-                f"Omniglot has {DRAWINGS} drawings per character: task.shots + task.queries = {t.shots + t.queries} "
-                f"and max(eval.shots) + eval.queries = {shots + e.queries} must both be <= {DRAWINGS}"
+                f"{t.name} has {most} examples per class: task.shots + task.queries = {t.shots + t.queries} "
+                f"and max(eval.shots) + eval.queries = {shots + e.queries} must both be <= {most}"
             )
         return self
 
-    def _consistent_rl(self) -> Config:
+    def _consistent_rl(self, family: registry.TaskFamily, method: registry.Method) -> Config:
         t, a = self.task, self.algorithm.name
-        if a == "rl2" and t.trial_episodes is None:
-            raise ValueError("algorithm.name='rl2' needs task.trial_episodes: the episodes of a trial (bandits: pulls)")
-        if a != "rl2" and t.trial_episodes is not None:
-            raise ValueError(f"task.trial_episodes applies to rl2, not algorithm.name={a!r}")
-        if a == "pearl" and t.name in ("bandit", "tabular_mdp"):
-            raise ValueError(f"algorithm.name='pearl' needs continuous actions; task.name={t.name!r} has discrete ones")
-        if a == "rl2" and len(self.model.hidden) != 1:
-            raise ValueError(f"model.hidden={self.model.hidden}: rl2's GRU takes one width, e.g. [256]")
+        if method.trials and t.trial_episodes is None:
+            raise ValueError(f"algorithm.name={a!r} needs task.trial_episodes: the episodes of a trial (bandits: pulls)")
+        if not method.trials and t.trial_episodes is not None:
+            takers = ", ".join(m.name for m in registry.METHODS.values() if m.trials)
+            raise ValueError(f"task.trial_episodes applies to {takers}, not algorithm.name={a!r}")
+        if method.continuous_actions and family.discrete_actions:
+            raise ValueError(f"algorithm.name={a!r} needs continuous actions; task.name={t.name!r} has discrete ones")
+        layers = method.hidden_layers
+        if layers is not None and len(self.model.hidden) != layers:
+            raise ValueError(f"model.hidden={self.model.hidden}: {a} takes {layers} width(s), e.g. [256]")
         moved = [k for k in ("optimizer", "lr", "final_lr") if getattr(self.outer, k) != OuterConfig.model_fields[k].default]
         if moved:
-            raise ValueError(
-                f"outer.{moved[0]} does not apply to {a}: its step is set in rl.maml_trpo (max_kl), rl.ppo.lr or rl.pearl.lr"
-            )
+            raise ValueError(f"outer.{moved[0]} does not apply to {a}: its step is set in {method.section}")
         return self
-
-    def is_rl(self) -> bool:
-        return self.task.name in RL_TASKS
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

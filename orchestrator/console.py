@@ -1,4 +1,5 @@
-"""Console progress: a bar on a terminal, plain log lines elsewhere (Ray job logs, CI)."""
+"""Console output: progress (a bar on a terminal, plain log lines elsewhere: Ray job logs, CI)
+and the meta-test's numbers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import sys
 import time
 
 from tqdm import tqdm
+
+from metaorch.orchestrator.evaluation import Estimates
 
 
 class Progress:
@@ -33,3 +36,20 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def print_estimates(estimates: Estimates) -> None:
+    if len(estimates) > 12:  # an RL² bandit trial has one entry per pull: the first and last few tell the story
+        keys = list(estimates)
+        shown = keys[:3] + keys[-4:]
+        print_estimates({k: estimates[k] for k in shown[:3]})
+        print(f"... {len(keys) - len(shown)} more in the MLflow run ...")
+        print_estimates({k: estimates[k] for k in shown[3:]})
+        return
+    for key, est in estimates.items():
+        if isinstance(key, int):
+            print(f"meta-test MSE after {key} inner step(s): {est} (95% CI, {est.n} tasks)")
+        elif key.startswith(("return", "gain")):
+            print(f"meta-test {key}: {est.mean:.3f} +/- {est.ci95:.3f} (95% CI, {est.n} tasks)")
+        else:
+            print(f"meta-test {key}: {est} (95% CI, {est.n} episodes)")

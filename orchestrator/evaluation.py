@@ -124,10 +124,11 @@ def classification_test(
 ) -> Estimates:
     """Accuracy at every (ways, shots[, steps]) of ``eval``, plus the method's own metrics
     (MANN's accuracy by instance) at the training setting."""
+    from metaorch.orchestrator import registry
     from metaorch.orchestrator.components import build_family
 
     t, e = config.task, config.eval
-    adapts = not isinstance(learner, EpisodicLearner)
+    adapts = registry.method(config.algorithm.name).adapts
     step_list: list[int | None] = list(steps) if adapts else [None]
     out: Estimates = {}
     for ways in e.ways or [t.ways]:

@@ -1,24 +1,32 @@
-"""Meta-RL on rollout workers: one runner per algorithm, one loop for all of them.
+"""Meta-RL on rollout workers: one runner per algorithm, driven by the loop shell.
 
 A runner owns the learner's side of an algorithm (θ for MAML-TRPO, PPO's Adam for RL²,
 PEARL's networks and replay buffers) and does one meta-iteration: it hands the pool a plan
 and the flat parameters (one ``ray.put``), gets the plans' outputs back in task order, and
-updates on the driver, on its GPU when it has one. The loop around it is the supervised
-loop's: metrics to MLflow through the non-blocking sink, checkpoints, a meta-test at the end.
+updates on the driver, on its GPU when it has one. Its meta-test
+(:mod:`orchestrator.rl_evaluation`) runs its test plan on the same pool.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from metaorch.algorithms.rl import PEARL, MAMLPlan, RL2Learner, RL2Plan, outer_step
+from metaorch.algorithms.rl.maml_trpo import MAMLTestPlan
 from metaorch.algorithms.rl.pearl import PEARLPlan
-from metaorch.orchestrator.components import build_policy
+from metaorch.algorithms.rl.rl2 import trial_episode_returns
+from metaorch.orchestrator.components import build_env_family, build_policy, build_rl
 from metaorch.orchestrator.config import Config
+from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.evaluation import Estimates
+from metaorch.orchestrator.plots import adaptation_curve
+from metaorch.orchestrator.rl_evaluation import curve, rl_meta_test, test_tasks
+from metaorch.orchestrator.runner import Runner
+from metaorch.orchestrator.tracking import Tracker
 from metaorch.tasks.base import descriptors
 from metaorch.workers.rollout import RolloutPool
 
@@ -27,16 +35,65 @@ def learner_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class RLRunner(Protocol):
-    def worker_params(self) -> torch.Tensor:
-        """The flat vector the workers act with (CPU, float32)."""
-        ...
+class RLRunner(Runner):
+    """What the meta-RL runners share: rollout workers, θ₀ from the policy, the meta-test on the pool."""
 
-    def iteration(self, pool: RolloutPool, it: int) -> dict[str, float]: ...
+    pool_class = RolloutPool
+    test_on_pool = True
+    worker_build = staticmethod(build_rl)
+    curve_axis: ClassVar[tuple[str, int, str]] = ("episode", 1, "episode")  # (key unit, first x, axis label)
+    trial_total: ClassVar[bool] = False  # the meta-test also reports the sum over a trial's episodes
 
-    def state_dict(self) -> dict[str, Any]: ...
+    @classmethod
+    def check(cls, config: Config) -> None:
+        test_tasks(config)  # explicit meta-test tasks are checked before training, not after
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def __init__(self, config: Config):
+        if config.learner.placement == "actor":
+            raise UserError("learner.placement='actor': meta-RL learners run in the driver (on its GPU when it has one)")
+        self.config = config
+        self.family = build_env_family(config)
+        test_tasks(config, self.family)
+
+    def initial_params(self) -> torch.Tensor:
+        """θ₀ of the config's policy (PEARL: its actor and encoder), from ``seed``."""
+        return build_policy(self.config, self.family).init_params(self.config.seed).float()
+
+    def shown(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {k.removeprefix("train/"): v for k, v in metrics.items() if k.startswith("train/")}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    @classmethod
+    def test_plan(cls, config: Config, family) -> Any:
+        """The plan each held-out task runs."""
+        raise NotImplementedError
+
+    @classmethod
+    def test_returns(cls, config: Config, outputs: list[dict[str, Any]]) -> np.ndarray:
+        """[tasks, points]: the return at each point of the curve."""
+        raise NotImplementedError
+
+    @classmethod
+    def meta_test(cls, config: Config, params: torch.Tensor, pool: RolloutPool | None) -> Estimates:
+        return rl_meta_test(cls, config, params, pool)[0]
+
+    @classmethod
+    def log_meta_test(cls, tracker: Tracker, config: Config, estimates: Estimates) -> None:
+        """Per-step (or per-episode) returns as metrics, also as one curve over steps, and its PNG."""
+        tasks = len(config.eval.task_params) if config.eval.task_params is not None else config.eval.tasks
+        _, first, label = cls.curve_axis
+        points = curve(cls, estimates)
+        tracker.log_params({"tasks": tasks, "curve": label})
+        for k, est in enumerate(points):
+            tracker.log_metrics({"test/return": est.mean, "test/return_ci95": est.ci95}, step=k + first)
+        tracker.log_metrics({f"test/{key}": est.mean for key, est in estimates.items()} | {f"test/{key}_ci95": est.ci95 for key, est in estimates.items()}, step=0)
+        title = f"{config.algorithm.name} on {config.task.name}: {tasks} held-out tasks"
+        tracker.log_figure(adaptation_curve({config.algorithm.name: points}, label, first, title), "adaptation_curve.png")
 
 
 def _sample(pool: RolloutPool, params: torch.Tensor, tasks: list, plan: Any, chunk_size: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -50,11 +107,15 @@ def _mean(outputs: list[dict[str, Any]], key: str) -> float:
     return float(np.mean([np.mean(o[key]) for o in outputs]))
 
 
-class MAMLTRPORunner:
-    """Workers: episodes at θ, one inner step, episodes at θ′. Learner: one TRPO step."""
+class MAMLTRPORunner(RLRunner):
+    """Workers: episodes at θ, one inner step, episodes at θ′. Learner: one TRPO step.
+    Meta-test: the return after 0, 1, ..., max(eval.steps) adaptation steps."""
 
-    def __init__(self, config: Config, family, params: torch.Tensor):
-        self.config, self.c = config, config.rl.maml_trpo
+    curve_axis = ("step", 0, "adaptation step")
+
+    def start(self, params: torch.Tensor) -> None:
+        config, family = self.config, self.family
+        self.c = config.rl.maml_trpo
         self.device = learner_device()
         self.plan = MAMLPlan(build_policy(config, family), self.c)  # a CPU copy travels with the plan
         self.policy = build_policy(config, family).to(self.device)
@@ -73,19 +134,24 @@ class MAMLTRPORunner:
             "train/return_post": stats.pop("post_return"),
         } | {f"trpo/{k}": v for k, v in stats.items()} | timing
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
+    @classmethod
+    def test_plan(cls, config: Config, family) -> MAMLTestPlan:
+        return MAMLTestPlan(build_policy(config, family), config.rl.maml_trpo, max(config.eval.steps))
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    @classmethod
+    def test_returns(cls, config: Config, outputs: list[dict[str, Any]]) -> np.ndarray:
+        return np.stack([o["returns"] for o in outputs])
 
 
-class RL2Runner:
-    """Workers: ``rl.ppo.trials_per_task`` trials per task. Learner: PPO epochs over them."""
+class RL2Runner(RLRunner):
+    """Workers: ``rl.ppo.trials_per_task`` trials per task. Learner: PPO epochs over them.
+    Meta-test: one trial per task, the return of each of its episodes and their sum."""
 
-    def __init__(self, config: Config, family, params: torch.Tensor):
-        self.config = config
-        self.learner = RL2Learner(build_policy(config, family), params.float(), config.rl.ppo, learner_device(), config.seed)
+    trial_total = True
+
+    def start(self, params: torch.Tensor) -> None:
+        config = self.config
+        self.learner = RL2Learner(build_policy(config, self.family), params.float(), config.rl.ppo, learner_device(), config.seed)
         self.plan = RL2Plan(config.rl.ppo.trials_per_task)
 
     def worker_params(self) -> torch.Tensor:
@@ -105,17 +171,27 @@ class RL2Runner:
         self.learner.optimizer.load_state_dict(state["adam"])
         self.learner.generator.set_state(state["generator"])
 
+    @classmethod
+    def test_plan(cls, config: Config, family) -> RL2Plan:
+        return RL2Plan(1)
 
-class PEARLRunner:
+    @classmethod
+    def test_returns(cls, config: Config, outputs: list[dict[str, Any]]) -> np.ndarray:
+        return np.concatenate([trial_episode_returns(o["trials"], config.task.trial_episodes) for o in outputs])
+
+
+class PEARLRunner(RLRunner):
     """A fixed set of ``rl.pearl.train_tasks`` training tasks, each with its replay buffers.
 
     Each iteration collects episodes on ``tasks_per_iteration`` of them (on all of them the
     first time, so every buffer holds data), then takes ``updates_per_iteration`` SAC and
-    encoder steps, each on ``outer.meta_batch`` tasks drawn from the whole set.
+    encoder steps, each on ``outer.meta_batch`` tasks drawn from the whole set. Meta-test:
+    ``eval.episodes`` episodes, z from the prior in the first, from the episodes before in the others.
     """
 
-    def __init__(self, config: Config, family, params: torch.Tensor):
-        self.config, self.c = config, config.rl.pearl
+    def start(self, params: torch.Tensor) -> None:
+        config, family = self.config, self.family
+        self.c = config.rl.pearl
         self.pearl = PEARL(build_policy(config, family), learner_device(), config.seed, params)
         self.plan = PEARLPlan(build_policy(config, family), self.c.prior_episodes, self.c.posterior_episodes)
         self.tasks = descriptors(config.seed, "train", 0, self.c.train_tasks)
@@ -148,14 +224,10 @@ class PEARLRunner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pearl.load_state_dict(state)
 
+    @classmethod
+    def test_plan(cls, config: Config, family) -> PEARLPlan:
+        return PEARLPlan(build_policy(config, family), prior_episodes=1, posterior_episodes=config.eval.episodes - 1, deterministic_posterior=True)
 
-RUNNERS: dict[str, type] = {"maml_trpo": MAMLTRPORunner, "rl2": RL2Runner, "pearl": PEARLRunner}
-
-
-def build_runner(config: Config, family, params: torch.Tensor) -> RLRunner:
-    return RUNNERS[config.algorithm.name](config, family, params)
-
-
-def initial_params(config: Config, family) -> torch.Tensor:
-    """θ₀ of the config's policy (PEARL: its actor and encoder), from ``seed``."""
-    return build_policy(config, family).init_params(config.seed).float()
+    @classmethod
+    def test_returns(cls, config: Config, outputs: list[dict[str, Any]]) -> np.ndarray:
+        return np.stack([np.concatenate([o["prior_returns"], o["posterior_returns"]]) for o in outputs])

@@ -1,0 +1,141 @@
+"""Evaluation suites of a trained run or checkpoint, each logged as a nested MLflow run.
+
+``meta-test``: fresh tasks from the config's task family, the method's runner's meta-test.
+Suites a task family offers beside it (registry ``TaskFamily.suites``): ``omniglot-runs``,
+the one-shot runs of Lake et al. in their original format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metaorch.orchestrator import registry
+from metaorch.orchestrator.config import Config
+from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.evaluation import Estimates, estimate
+from metaorch.orchestrator.preflight import check_tracking_uri, tracking_uri_for
+from metaorch.orchestrator.runs import resolve_checkpoint
+from metaorch.orchestrator.tracking import Tracker, client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    estimates: Estimates
+    run_id: str | None = None  # the nested MLflow run, if one was logged
+    parent_run_id: str | None = None
+    per_run: dict[str, float] | None = None  # omniglot-runs: error rate of each run
+
+
+def log_nested(config: Config, uri: str, parent_run_id: str | None, name: str, log_fn: Callable[[Tracker], None]) -> str | None:
+    """A nested run under the training run; evaluation results are kept even if tracking is gone."""
+    if parent_run_id is None:
+        return None
+    try:
+        child = Tracker.start(uri, config.tracking.experiment, run_name=name, parent_run_id=parent_run_id)
+    except Exception as exc:  # tracking went away after training: keep the numbers, say so
+        log.warning("%s not logged to %s: %s", name, uri, exc)
+        return None
+    log_fn(child)
+    child.close()
+    return child.run_id
+
+
+def _meta_test(config: Config, meta_params: torch.Tensor, uri: str, parent: str | None) -> EvalResult:
+    """The method's runner's meta-test: on a pool of workers (meta-RL) or in this process."""
+    runner = registry.method(config.algorithm.name).runner_class()
+    runner.check(config)  # before Ray starts
+    if runner.test_on_pool:
+        from metaorch.orchestrator.session import check_capacity, ray_session
+
+        with ray_session(os.environ.get("RAY_ADDRESS") or config.ray.address, config.ray.num_cpus):
+            pool = runner.make_pool(config, check_capacity(config.workers))
+            try:
+                estimates = runner.meta_test(config, meta_params, pool)
+            finally:
+                pool.shutdown()
+    else:
+        estimates = runner.meta_test(config, meta_params, None)
+    return EvalResult(estimates, log_nested(config, uri, parent, "meta-test", lambda t: runner.log_meta_test(t, config, estimates)), parent)
+
+
+def _omniglot_runs(config: Config, meta_params: torch.Tensor, uri: str, parent: str | None, runs: str) -> EvalResult:
+    """Error rate of every one-shot run; adapting methods use the last of ``eval.steps``, others ignore it."""
+    from metaorch.orchestrator.components import build_components
+    from metaorch.tasks.omniglot import DatasetError, read_runs
+
+    try:
+        loaded = read_runs(runs)
+    except DatasetError as exc:
+        raise UserError(f"--runs {runs}: {exc}") from None
+    _, learner = build_components(config)
+    steps, any_ways = config.eval.steps, registry.method(config.algorithm.name).any_ways
+    errors = {}
+    for run in loaded:
+        ways = run.support_x.shape[0]
+        if not any_ways and ways != config.task.ways:
+            raise UserError(
+                f"--runs {runs}: {run.name} is {ways}-way, but {config.algorithm.name} was trained "
+                f"{config.task.ways}-way (task.ways) and has an output layer of that size"
+            )
+        episode = {k: v[0] for k, v in run.to_batch().items()}
+        logits = learner.query_logits(meta_params, episode["support_x"], episode["support_y"], episode["query_x"], steps[-1])
+        errors[run.name] = float((logits.argmax(-1) != episode["query_y"]).float().mean())
+    estimates: Estimates = {"runs_error_rate": estimate(np.array(list(errors.values())))}
+
+    def log_runs(t: Tracker) -> None:
+        t.log_params({"runs": str(runs), "steps": ",".join(map(str, steps))})
+        t.log_metrics({f"runs/error_rate_{name}": e for name, e in errors.items()}, step=0)
+        t.log_metrics({"runs/error_rate": estimates["runs_error_rate"].mean, "runs/error_rate_ci95": estimates["runs_error_rate"].ci95}, step=0)
+
+    return EvalResult(estimates, log_nested(config, uri, parent, "omniglot-runs", log_runs), parent, errors)
+
+
+_FAMILY_SUITES = {"omniglot-runs": _omniglot_runs}
+SUITES = ("meta-test", *_FAMILY_SUITES)
+
+
+def evaluate(
+    source: str,
+    *,
+    tasks: int | None = None,
+    steps: list[int] | None = None,
+    tracking_uri: str | None = None,
+    checkpoint_dir: str = "checkpoints",
+    suite: str = "meta-test",
+    runs: str | None = None,
+) -> EvalResult:
+    """Meta-test a run or checkpoint, logged as a nested run of its training run.
+
+    ``suite="meta-test"``: fresh tasks from the config's task family. ``"omniglot-runs"``:
+    the one-shot runs at ``runs`` (a folder or zip in the original Omniglot format).
+    """
+    if suite not in SUITES:
+        raise UserError(f"--suite {suite!r}: expected one of {', '.join(SUITES)}")
+    if suite != "meta-test" and not runs:
+        raise UserError(f"--suite {suite} needs --runs DIR_OR_ZIP")
+    uri = tracking_uri_for(tracking_uri, Config().tracking.uri)
+    check_tracking_uri(uri)
+    ckpt = resolve_checkpoint(source, uri, checkpoint_dir)
+    config = ckpt.config(source)
+    if suite != "meta-test" and suite not in registry.task(config.task.name).suites:
+        raise UserError(f"--suite {suite}: the checkpoint was trained on task.name={config.task.name!r}, which has no such suite")
+    e = config.eval
+    config = config.model_copy(update={"eval": e.model_copy(update={"tasks": tasks or e.tasks, "steps": steps or e.steps})})
+    parent = ckpt.run_id
+    if parent is not None:
+        try:
+            client(uri).get_run(parent)
+        except Exception:
+            log.warning("training run %s is not in %s; the evaluation is not logged", parent, uri)
+            parent = None
+    if suite == "meta-test":
+        return _meta_test(config, ckpt.meta_params, uri, parent)
+    return _FAMILY_SUITES[suite](config, ckpt.meta_params, uri, parent, runs)
