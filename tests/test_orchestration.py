@@ -171,10 +171,10 @@ def test_resume_from_a_checkpoint_file(ray_session, workdir):
 @pytest.mark.parametrize("elapsed,last,stop", [(50.0, 9.0, False), (50.0, 11.0, True), (59.0, 0.5, False), (61.0, 0.0, True)])
 def test_max_minutes_stops_before_an_iteration_would_end_past_it(elapsed, last, stop):
     from metaorch.orchestrator.config import OuterConfig
-    from metaorch.orchestrator.trainer import _out_of_time
+    from metaorch.orchestrator.loop import out_of_time
 
-    assert _out_of_time(OuterConfig(max_minutes=1.0), elapsed, last) is stop
-    assert _out_of_time(OuterConfig(), 10**6, 10**6) is False  # no budget
+    assert out_of_time(OuterConfig(max_minutes=1.0), elapsed, last) is stop
+    assert out_of_time(OuterConfig(), 10**6, 10**6) is False  # no budget
 
 
 def test_a_budgeted_run_stops_early_and_keeps_its_last_iteration(ray_session, workdir):
