@@ -2,7 +2,7 @@
 
   bare    two processes, each a bare gymnasium loop (``gym.make("HalfCheetah-v5")``,
           random actions, reset when an episode ends): the ceiling, one per core
-  ours    two RolloutWorker actors (workers/rollout.py) through a RolloutPool, each stepping
+  ours    two RolloutWorker actors (workers/rollout.py) through RolloutPool.run_plan, each stepping
           ``--envs`` HalfCheetahVel environments (HalfCheetah-v5 with the task's reward) with
           a 64-64 tanh Gaussian MLP: parameters sent by one ray.put per call, trajectories
           returned to the driver and counted there (transfer included)
@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import sys
 import time
+from dataclasses import dataclass
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -61,21 +63,45 @@ def bare(seconds: float) -> float:
     return sum(rates)
 
 
+@dataclass(frozen=True)
+class Episodes:
+    """The plan timed: ``episodes`` episodes at the given parameters, nothing else."""
+
+    episodes: int
+
+    def __call__(self, sample, params):
+        return {"trajectories": sample(params, self.episodes)}
+
+
 def ours(seconds: float, envs: int, workers: int = WORKERS) -> float:
-    """Steps per second of ``workers`` rollout workers (1 CPU each), ``envs`` episodes each per call."""
+    """Steps per second of ``workers`` rollout workers (1 CPU each), ``envs`` episodes each per call.
+
+    The trainer's path: the worker is built by ``build_rl`` from a config (HalfCheetahVel,
+    MAML-TRPO's 64-64 Gaussian MLP), and ``RolloutPool.run_plan`` runs a plan on each task.
+    """
+    from functools import partial
+
+    import ray
+
+    from metaorch.orchestrator.components import build_rl
+    from metaorch.orchestrator.config import from_dict
     from metaorch.tasks.base import descriptors
     from metaorch.workers import Resources
-    from metaorch.workers.rollout import MLPBuild, RolloutPool
+    from metaorch.workers.rollout import RolloutPool
 
-    build = MLPBuild("half_cheetah_vel", hidden=(64, 64))
+    if __name__ != "__main__":  # imported (bench/scaling.py): the actors cannot import this module
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    config = from_dict({"task": {"name": "half_cheetah_vel"}, "algorithm": {"name": "maml_trpo"}, "model": {"hidden": [64, 64]}})
+    build = partial(build_rl, config)
     pool = RolloutPool(build, workers, Resources(num_cpus=1, threads=1))
+    plan = Episodes(envs)
     try:
         params = build()[1].init_params(0).numpy()
-        pool.sample(params, descriptors(0, "train", 0, workers), episodes=envs)  # warm up: envs built once
+        pool.run_plan(params, descriptors(0, "train", 0, workers), plan)  # warm up: envs built once
         steps, calls, start = 0.0, 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            trajs = pool.sample(params, descriptors(0, "train", calls + 1, workers), episodes=envs)
-            steps += sum(float(t.mask.sum()) for t in trajs)
+            outputs = pool.run_plan(params, descriptors(0, "train", calls + 1, workers), plan)
+            steps += sum(float(out["trajectories"].mask.sum()) for out in outputs)
             calls += 1
         return steps / elapsed
     finally:

@@ -14,14 +14,13 @@ import numpy as np
 import torch
 
 from metaorch.tasks.base import TaskDescriptor
+from metaorch.workers.chunks import chunk as chunk_tasks, in_order
 from metaorch.workers.worker import ChunkResult, WorkItem
 
 
 def chunk(tasks: Sequence[TaskDescriptor], chunk_size: int) -> list[WorkItem]:
-    return [
-        WorkItem(index=i, tasks=tuple(tasks[start : start + chunk_size]))
-        for i, start in enumerate(range(0, len(tasks), chunk_size))
-    ]
+    """A meta-batch's work items (the workers' one chunking, :func:`workers.chunks.chunk`)."""
+    return chunk_tasks(tasks, chunk_size, WorkItem)
 
 
 @dataclass
@@ -33,9 +32,7 @@ class Reduced:
 
 
 def reduce_in_order(results: Sequence[ChunkResult], num_chunks: int, num_tasks: int) -> Reduced:
-    ordered = sorted(results, key=lambda r: r.index)
-    if [r.index for r in ordered] != list(range(num_chunks)):
-        raise RuntimeError(f"expected chunks 0..{num_chunks - 1}, got {[r.index for r in ordered]}")
+    ordered = in_order(results, num_chunks)
     total = torch.from_numpy(np.stack([r.direction for r in ordered])).sum(0)
     return Reduced(
         direction=total / num_tasks,

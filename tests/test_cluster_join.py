@@ -72,4 +72,4 @@ def test_train_joins_a_running_cluster(head, workdir):
     assert "meta-test MSE after 1 inner step(s)" in proc.stdout
     # it joined: the worker actors ran under the head's raylet, whose logs live in its temp dir
     logs = (head_dir / "session_latest" / "logs").glob("worker-*.out")
-    assert sum(":actor_name:MetaWorker" in p.read_text(errors="replace") for p in logs) >= 2
+    assert sum(":actor_name:WorkerActor" in p.read_text(errors="replace") for p in logs) >= 2

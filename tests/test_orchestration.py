@@ -24,7 +24,7 @@ from metaorch.orchestrator.components import build_components
 from metaorch.orchestrator.trainer import train
 from metaorch.tasks.base import descriptors
 from metaorch.workers.pool import NAME_PREFIX, Resources, WorkerPool
-from metaorch.workers.worker import shard
+from metaorch.workers.chunks import shard
 
 
 def _train(config, **kw):

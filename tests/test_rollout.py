@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, fields
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from metaorch.algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+from metaorch.orchestrator.components import build_rl
+from metaorch.orchestrator.config import from_dict
 from metaorch.tasks.base import TaskDescriptor, descriptors
-from metaorch.tasks.rl import make_family
-from metaorch.workers.rollout import MLPBuild, RolloutPool, RolloutTask, RolloutWorker, episode_streams
+from metaorch.workers.rollout import RolloutPool, RolloutTask, RolloutWorker, episode_streams
 
 
-def build(name: str, hidden=(16,), **options) -> MLPBuild:
-    return MLPBuild(name, options, hidden)
+def build(name: str, hidden=(16,), algorithm: str = "maml_trpo", trial_episodes: int | None = None, **options):
+    """What the trainer gives a rollout pool: ``partial(build_rl, config)``."""
+    task = {"name": name, "options": options, "trial_episodes": trial_episodes}
+    return partial(build_rl, from_dict({"task": task, "algorithm": {"name": algorithm}, "model": {"hidden": list(hidden)}}))
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """The simplest plan: ``episodes`` episodes at the given parameters."""
+
+    episodes: int
+    deterministic: bool = False
+
+    def __call__(self, sample, params):
+        return {"trajectories": sample(params, self.episodes, deterministic=self.deterministic)}
+
+
+def sample(worker: RolloutWorker, params, tasks, episodes: int, deterministic: bool = False):
+    """Every task's episodes from one call of the worker's plan runner (all stepped together)."""
+    outputs = worker.run_plans(torch.as_tensor(params), [(Episodes(episodes, deterministic), t) for t in tasks])
+    return [out["trajectories"] for out in outputs]
 
 
 def same(a, b) -> bool:
@@ -32,7 +53,7 @@ def nav():
 def test_half_cheetah_trajectories_have_the_contracts_layout():
     worker = RolloutWorker(build("half_cheetah_vel", horizon=50))
     params = worker.policy.init_params(0)
-    trajs = worker.sample(params, descriptors(0, "train", 0, 2), episodes=3)
+    trajs = sample(worker, params, descriptors(0, "train", 0, 2), episodes=3)
     assert len(trajs) == 2
     t = trajs[0]
     assert t.observations.shape == (50, 3, 17) and t.next_observations.shape == (50, 3, 17)
@@ -58,7 +79,7 @@ def test_masks_end_with_the_episode(nav):
     worker, params = nav
     near = RolloutTask(TaskDescriptor(0, "test", 0, 0), {"goal": [0.0, 0.0]})
     # a deterministic policy at params 0 outputs the bias (0): the agent stays at the origin = the goal
-    trajs = worker.sample(torch.zeros_like(params), [near, TaskDescriptor(0, "test", 0, 1)], episodes=2, deterministic=True)
+    trajs = sample(worker, torch.zeros_like(params), [near, TaskDescriptor(0, "test", 0, 1)], episodes=2, deterministic=True)
     t = trajs[0]
     assert t.mask[0].tolist() == [1, 1] and (t.mask[1:] == 0).all()
     assert t.terminated[0].all() and not t.terminated[1:].any()
@@ -71,12 +92,12 @@ def test_masks_end_with_the_episode(nav):
 def test_episodes_depend_on_their_descriptor_only(nav):
     worker, params = nav
     tasks = descriptors(3, "train", 1, 5)
-    together = worker.sample(params, tasks, episodes=4)
-    alone = worker.sample(params, tasks[3:4], episodes=4)
-    reordered = worker.sample(params, [tasks[4], tasks[0], tasks[3]], episodes=4)
+    together = sample(worker, params, tasks, episodes=4)
+    alone = sample(worker, params, tasks[3:4], episodes=4)
+    reordered = sample(worker, params, [tasks[4], tasks[0], tasks[3]], episodes=4)
     assert same(together[3], alone[0]) and same(together[3], reordered[2]) and same(together[0], reordered[1])
     assert not np.array_equal(together[0].actions, together[1].actions)
-    again = RolloutWorker(build("navigation_2d", horizon=40)).sample(params, tasks[3:4], episodes=4)
+    again = sample(RolloutWorker(build("navigation_2d", horizon=40)), params, tasks[3:4], episodes=4)
     assert same(again[0], alone[0])
 
 
@@ -102,7 +123,7 @@ def test_plans_get_their_own_streams_and_parameters(nav):
     assert same(together[2]["pre"], alone[0]["pre"]) and same(together[2]["post"], alone[0]["post"])
     assert len({out["shift"] for out in together}) == 4  # each task's post-sample used its own parameters
     first = together[0]
-    expected = worker.sample(params + 0.1 * first["shift"], tasks[:1], 3)[0]
+    expected = sample(worker, params + 0.1 * first["shift"], tasks[:1], 3)[0]
     assert not same(expected, first["post"])  # same parameters, but call 0 instead of call 1
 
 
@@ -115,13 +136,14 @@ def test_a_failing_plan_raises_in_the_caller(nav):
 
     with pytest.raises(ValueError, match="on purpose"):
         worker.run_plans(params, [(broken, TaskDescriptor(0, "train", 0, 0)), (TwoSamples(1), TaskDescriptor(0, "train", 0, 1))])
-    assert worker.sample(params, descriptors(0, "train", 0, 1), 1)[0].episodes == 1  # still usable
+    assert sample(worker, params, descriptors(0, "train", 0, 1), 1)[0].episodes == 1  # still usable
 
 
 def test_rl2_trials_with_a_categorical_policy():
-    worker = RolloutWorker(build("bandit", arms=3, trial_episodes=6))
+    """RL²'s GRU policy over the arms (categorical), as the trainer builds it."""
+    worker = RolloutWorker(build("bandit", algorithm="rl2", trial_episodes=6, arms=3))
     params = worker.policy.init_params(1)
-    (t,) = worker.sample(params, [RolloutTask(TaskDescriptor(0, "test", 0, 0), {"probs": [0.0, 1.0, 0.0]})], episodes=4)
+    (t,) = sample(worker, params, [RolloutTask(TaskDescriptor(0, "test", 0, 0), {"probs": [0.0, 1.0, 0.0]})], episodes=4)
     assert t.actions.shape == (6, 4) and t.actions.dtype == np.int64 and (t.mask == 1).all()
     assert t.terminated[-1].all() and not t.terminated[:-1].any()
     np.testing.assert_array_equal(t.rewards, (t.actions == 1).astype(np.float32))
@@ -131,7 +153,8 @@ def test_rl2_trials_with_a_categorical_policy():
 
 
 def test_pool_results_do_not_depend_on_the_number_of_workers(ray_session):
-    """Two actors, a shard each, against one local worker stepping every task in one batch."""
+    """Two actors, a shard each, and the in-process transport, against one local worker
+    stepping every task in one batch."""
     import ray
     import ray.cloudpickle
 
@@ -148,15 +171,22 @@ def test_pool_results_do_not_depend_on_the_number_of_workers(ray_session):
         outputs = {"two": pool.run_plan(params, tasks, TwoSamples(2), chunk_size=2)}
         assert len({info["pid"] for info in pool.info()}) == 2
 
-        ray.kill(pool.slots[0].actor)  # a worker lost between iterations: replaced, same results
+        ray.kill(pool.actors[0])  # a worker lost between iterations: replaced, same results
         outputs["replaced"] = pool.run_plan(params, tasks, TwoSamples(2), chunk_size=3)
         assert pool.restarts == 1
-        trajs = pool.sample(params, tasks, episodes=2)
+        trajs = [out["trajectories"] for out in pool.run_plan(params, tasks, Episodes(2))]
     finally:
         pool.shutdown()
+    inprocess = RolloutPool(make, 1, Resources(), transport="inprocess")  # one worker in this process
+    try:
+        outputs["inprocess"] = inprocess.run_plan(params, tasks, TwoSamples(2), chunk_size=2)
+        assert inprocess.info()[0]["pid"] == os.getpid() and inprocess.restarts == 0
+    finally:
+        inprocess.shutdown()
+    assert set(outputs) == {"two", "replaced", "inprocess"}
     for key in outputs:
         assert len(outputs[key]) == len(tasks)
         for got, want in zip(outputs[key], reference):
             assert same(got["pre"], want["pre"]) and same(got["post"], want["post"])
-    for got, want in zip(trajs, local.sample(params, tasks, episodes=2)):
+    for got, want in zip(trajs, sample(local, params, tasks, episodes=2)):
         assert same(got, want)

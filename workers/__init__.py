@@ -1,12 +1,13 @@
-"""Ray worker actors and the pool that manages them."""
+"""Workers: plain worker classes, the one Ray actor shell around them, and the pool
+(actor slots, shard scheduler, transports) that runs them."""
 
+from metaorch.workers.chunks import chunk, in_order, shard
 from metaorch.workers.pool import PoolExhausted, Resources, Transport, WorkerPool
-from metaorch.workers.rollout import MLPBuild, RolloutItem, RolloutPool, RolloutResult, RolloutTask, RolloutWorker, SamplePlan
-from metaorch.workers.worker import ChunkResult, MetaWorker, WorkItem, device_for, shard
+from metaorch.workers.rollout import RolloutItem, RolloutPool, RolloutResult, RolloutTask, RolloutWorker
+from metaorch.workers.worker import ChunkResult, MetaWorker, WorkItem, device_for
 
 __all__ = [
     "ChunkResult",
-    "MLPBuild",
     "MetaWorker",
     "PoolExhausted",
     "Resources",
@@ -15,10 +16,11 @@ __all__ = [
     "RolloutResult",
     "RolloutTask",
     "RolloutWorker",
-    "SamplePlan",
     "Transport",
     "WorkItem",
     "WorkerPool",
+    "chunk",
     "device_for",
+    "in_order",
     "shard",
 ]

@@ -1,10 +1,11 @@
 """The rollout worker: steps environments for meta-RL and runs algorithms' per-task plans.
 
 A plain class, like :class:`workers.worker.MetaWorker`, built from a picklable ``build``
-callable (returning an env family and a policy); :class:`RolloutPool` makes it a Ray actor.
+callable (returning an env family and a policy); :class:`RolloutPool` runs it in actors
+(:mod:`workers.actor`) or in the driver (the ``inprocess`` transport).
 
 Speed: every plan of a call runs in its own thread, and each ``sample`` it makes waits at
-a barrier; when every plan is waiting (or done), all their requests are stepped together
+a barrier (:mod:`workers.barrier`); when every plan is waiting (or done), all their requests are stepped together
 in one loop: one policy forward per distinct parameter vector per step (one in all for a
 pre-adaptation batch), then each environment's ``step`` directly, no vector-env layer,
 into preallocated numpy buffers. Environments are reused across tasks (``family.assign``).
@@ -20,10 +21,10 @@ the number of workers.
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,8 +32,9 @@ import torch
 
 from metaorch.algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
 from metaorch.tasks.base import TaskDescriptor
+from metaorch.workers.barrier import Barrier, Request
+from metaorch.workers.chunks import chunk
 from metaorch.workers.pool import WorkerPool
-from metaorch.workers.worker import device_for, shard
 
 if TYPE_CHECKING:  # gymnasium and MuJoCo load in the actors that step environments, not in every importer
     import gymnasium as gym
@@ -68,38 +70,6 @@ class RolloutResult:
     outputs: list[dict[str, Any]] = field(default_factory=list)  # the plan's output, one per task
 
 
-@dataclass(frozen=True)
-class MLPBuild:
-    """A picklable :data:`Build`: the family registered as ``family`` (with ``options``) and
-    an MLP policy sized to its spaces, Gaussian for Box actions, categorical for Discrete."""
-
-    family: str
-    options: dict[str, Any] = field(default_factory=dict)
-    hidden: tuple[int, ...] = (64, 64)
-
-    def __call__(self) -> tuple[EnvFamily, Policy]:
-        from metaorch.algorithms.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
-        from metaorch.tasks.rl import make_family
-
-        family = make_family(self.family, **self.options)
-        obs_dim = int(np.prod(family.observation_space.shape))
-        space = family.action_space
-        if hasattr(space, "n"):
-            return family, CategoricalMLPPolicy(obs_dim, int(space.n), self.hidden)
-        return family, GaussianMLPPolicy(obs_dim, int(np.prod(space.shape)), self.hidden)
-
-
-@dataclass(frozen=True)
-class SamplePlan:
-    """The plan that only samples: ``episodes`` episodes at the given parameters."""
-
-    episodes: int
-    deterministic: bool = False
-
-    def __call__(self, sample: Sample, params: torch.Tensor) -> dict[str, Any]:
-        return {"trajectories": sample(params, self.episodes, deterministic=self.deterministic)}
-
-
 def episode_streams(descriptor: TaskDescriptor, call: int, episode: int) -> tuple[int, np.random.Generator]:
     """(reset seed, action-noise generator) of one episode, independent of the task's own stream."""
     root = descriptor.rng().bit_generator.seed_seq
@@ -108,25 +78,9 @@ def episode_streams(descriptor: TaskDescriptor, call: int, episode: int) -> tupl
     return int(reset.generate_state(1)[0]), np.random.default_rng(noise)
 
 
-@dataclass
-class _Request:
-    """One ``sample`` call of one plan, waiting for the batched loop."""
-
-    job: int  # position in the call's job list: the order of rows in a batch
-    task: TaskParams
-    descriptor: TaskDescriptor
-    call: int
-    params: torch.Tensor
-    episodes: int
-    deterministic: bool
-    result: Trajectories | None = None
-    error: BaseException | None = None
-
-
 class RolloutWorker:
-    def __init__(self, build: Build, threads: int = 1, num_gpus: float = 0.0):
-        torch.set_num_threads(threads)
-        self.device = device_for(num_gpus)
+    def __init__(self, build: Build, device: torch.device = torch.device("cpu")):
+        self.device = device
         self.family, self.policy = build()
         if hasattr(self.policy, "to"):
             self.policy.to(self.device)
@@ -139,7 +93,6 @@ class RolloutWorker:
         self.noisy = getattr(self.policy, "takes_noise", False) or "noise" in inspect.signature(self.policy.act).parameters
         self.envs: list[gym.Env] = []
 
-    # -- the actor's entry points --------------------------------------------------------
     def run(self, params: np.ndarray, items: Sequence[RolloutItem]) -> list[RolloutResult]:
         """Every item's plan on every one of its tasks, at ``params``; results in item order."""
         theta = torch.as_tensor(np.array(params, copy=True), device=self.device)
@@ -147,31 +100,11 @@ class RolloutWorker:
         outputs = iter(self.run_plans(theta, jobs))
         return [RolloutResult(item.index, [next(outputs) for _ in item.tasks]) for item in items]
 
-    def run_shard(self, inputs: tuple[np.ndarray, Sequence[RolloutItem]], slot: int, parts: int) -> list[RolloutResult]:
-        """Shard ``slot`` of ``parts`` (the pool's compiled-graph transport)."""
-        params, items = inputs
-        shards = shard(items, parts)
-        return self.run(params, shards[slot]) if slot < len(shards) else []
-
-    def sample(
-        self, params: torch.Tensor | np.ndarray, tasks: Sequence[RolloutTask | TaskDescriptor], episodes: int, deterministic: bool = False
-    ) -> list[Trajectories]:
-        """``episodes`` episodes of every task at ``params``, all stepped in one batched loop."""
-        theta = torch.as_tensor(params, device=self.device)
-        plan = SamplePlan(episodes, deterministic)
-        return [out["trajectories"] for out in self.run_plans(theta, [(plan, t) for t in tasks])]
-
-    def info(self) -> dict[str, object]:
-        import ray
-
-        ctx = ray.get_runtime_context()
-        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "device": str(self.device), "gpu_ids": ray.get_gpu_ids()}
-
     # -- plans: one thread each, their samples batched ---------------------------------------
     def run_plans(self, params: torch.Tensor, jobs: Sequence[tuple[Plan, RolloutTask | TaskDescriptor]]) -> list[dict[str, Any]]:
         tasks = [t if isinstance(t, RolloutTask) else RolloutTask(t) for _, t in jobs]
         resolved = [self.family.task(t.descriptor) if t.params is None else self.family.check(t.params) for t in tasks]
-        barrier = _Barrier(len(jobs))
+        barrier = Barrier(len(jobs))
         outputs: list[dict[str, Any] | None] = [None] * len(jobs)
         errors: list[BaseException] = []
 
@@ -179,7 +112,7 @@ class RolloutWorker:
             calls = iter(range(1 << 30))
 
             def sample(theta: torch.Tensor, episodes: int, deterministic: bool = False) -> Trajectories:
-                request = _Request(k, resolved[k], tasks[k].descriptor, next(calls), theta, episodes, deterministic)
+                request = Request(k, resolved[k], tasks[k].descriptor, next(calls), theta, episodes, deterministic)
                 return barrier.wait_for(request)
 
             barrier.enter()
@@ -218,7 +151,7 @@ class RolloutWorker:
             self.envs[i] = self.family.assign(self.envs[i], task)
         return self.envs[: len(tasks)]
 
-    def rollout(self, requests: Sequence[_Request]) -> list[Trajectories]:
+    def rollout(self, requests: Sequence[Request]) -> list[Trajectories]:
         """Step every episode of every request to the end; one forward per parameter group per step."""
         slots = [(r, e) for r in requests for e in range(r.episodes)]
         n, horizon, d = len(slots), self.horizon, self.obs_dim
@@ -280,7 +213,7 @@ class RolloutWorker:
             )
         return out
 
-    def _groups(self, requests: Sequence[_Request]) -> list[tuple[int, int, torch.Tensor, bool]]:
+    def _groups(self, requests: Sequence[Request]) -> list[tuple[int, int, torch.Tensor, bool]]:
         """Row ranges that share a parameter vector (the same tensor object) and mode.
 
         A single group covers the padded rows too; otherwise each group of fewer than
@@ -331,68 +264,9 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))])
 
 
-class _Barrier:
-    """Plans' ``sample`` calls meet here; the calling thread steps them once all plans wait.
-
-    Plans take turns (``_turn``): one computes at a time, so they may share the policy's
-    module (``functional_call`` swaps its parameters in place, which threads must not do at
-    once); on one worker core nothing is lost, the point of the threads is the batching.
-    """
-
-    def __init__(self, plans: int):
-        self._cond = threading.Condition()
-        self._turn = threading.Lock()
-        self._running = plans
-        self._pending: list[_Request] = []
-        self._failure: BaseException | None = None
-
-    def enter(self) -> None:
-        self._turn.acquire()
-
-    def wait_for(self, request: _Request) -> Trajectories:
-        self._turn.release()
-        with self._cond:
-            if self._failure is None:
-                self._pending.append(request)
-                self._running -= 1
-                self._cond.notify_all()
-                while request.result is None and request.error is None:
-                    self._cond.wait()
-            error = request.error or self._failure
-        self._turn.acquire()
-        if error is not None:
-            raise RuntimeError("the batched rollout failed") from error
-        return request.result
-
-    def leave(self) -> None:
-        self._turn.release()
-        with self._cond:
-            self._running -= 1
-            self._cond.notify_all()
-
-    def next_batch(self) -> list[_Request] | None:
-        """Every waiting request once no plan is computing; None when all plans are done."""
-        with self._cond:
-            while self._running > 0:
-                self._cond.wait()
-            batch, self._pending = sorted(self._pending, key=lambda r: r.job), []
-        return batch or None
-
-    def deliver(
-        self, batch: list[_Request], results: list[Trajectories | None], error: BaseException | None, final: bool = False
-    ) -> None:
-        """Wake the plans of ``batch``; ``final``: the loop stops, later samples fail at once."""
-        with self._cond:
-            for request, result in zip(batch, results):
-                request.result, request.error = result, error
-            self._running += len(batch)
-            if final:
-                self._failure = error
-            self._cond.notify_all()
-
 class RolloutPool(WorkerPool):
     """:class:`WorkerPool` (placement, replacement of dead or straggling actors, ordered
-    results) over rollout workers; parameters still go out once per call, by one ``ray.put``.
+    results, any transport) over rollout workers; parameters go out once per call.
 
     Tasks are cut into chunks of ``chunk_size`` (the unit a lost worker's shard is re-run
     in); each worker steps all the tasks of its shard together.
@@ -401,24 +275,10 @@ class RolloutPool(WorkerPool):
     worker_cls = RolloutWorker
 
     def run_plan(
-        self, params: np.ndarray, tasks: Sequence[RolloutTask | TaskDescriptor], plan: Plan, chunk_size: int = 1
+        self, params: np.ndarray | torch.Tensor, tasks: Sequence[RolloutTask | TaskDescriptor], plan: Plan, chunk_size: int = 1
     ) -> list[dict[str, Any]]:
         """``plan``'s output for every task, in task order."""
         if isinstance(params, torch.Tensor):
             params = params.detach().cpu().numpy()
-        items = [
-            RolloutItem(i, tuple(tasks[start : start + chunk_size]), plan)
-            for i, start in enumerate(range(0, len(tasks), chunk_size))
-        ]
+        items = chunk(tasks, chunk_size, partial(RolloutItem, plan=plan))
         return [out for result in self.run(np.asarray(params, np.float32), items) for out in result.outputs]
-
-    def sample(
-        self,
-        params: np.ndarray,
-        tasks: Sequence[RolloutTask | TaskDescriptor],
-        episodes: int,
-        deterministic: bool = False,
-        chunk_size: int = 1,
-    ) -> list[Trajectories]:
-        plan = SamplePlan(episodes, deterministic)
-        return [out["trajectories"] for out in self.run_plan(params, tasks, plan, chunk_size)]

@@ -1,6 +1,6 @@
 """The worker: rebuilds tasks from descriptors and runs the inner loop for them.
 
-A plain class, so tests call it without Ray; :mod:`workers.pool` turns it into an actor.
+A plain class, so tests call it without Ray; :mod:`workers.actor` turns it into an actor.
 It is built from a picklable ``build`` callable (garage's WorkerFactory idea), so this
 package never imports the driver's configuration.
 """
@@ -8,7 +8,6 @@ package never imports the driver's configuration.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,18 +37,6 @@ class ChunkResult:
     metrics: dict[str, np.ndarray] = field(default_factory=dict)  # per task, e.g. query accuracy
 
 
-def shard(items: Sequence[WorkItem], parts: int) -> list[list[WorkItem]]:
-    """Contiguous, near-equal shards; empty ones are dropped."""
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for p in range(parts):
-        end = start + size + (1 if p < extra else 0)
-        if end > start:
-            out.append(list(items[start:end]))
-        start = end
-    return out
-
-
 def device_for(num_gpus: float) -> torch.device:
     """A worker that was given (a fraction of) a GPU computes on it; Ray sets CUDA_VISIBLE_DEVICES."""
     if num_gpus > 0 and torch.cuda.is_available():
@@ -77,10 +64,14 @@ def keep_freed_memory(max_bytes: int = 1 << 30) -> bool:
 
 
 class MetaWorker:
-    def __init__(self, build: Build, threads: int = 1, num_gpus: float = 0.0):
-        torch.set_num_threads(threads)
-        keep_freed_memory()
-        self.device = device_for(num_gpus)
+    """Outer-update contributions of task chunks: descriptors in, :class:`ChunkResult` out.
+
+    Plain: no Ray, no threads or process settings (the actor shell, :mod:`workers.actor`,
+    owns those), so the in-process transport and tests run it as it is.
+    """
+
+    def __init__(self, build: Build, device: torch.device = torch.device("cpu")):
+        self.device = device
         self.family, self.learner = build()
         self.learner.model.to(self.device)
 
@@ -101,15 +92,3 @@ class MetaWorker:
                 )
             )
         return results
-
-    def run_shard(self, inputs: tuple[np.ndarray, Sequence[WorkItem]], slot: int, parts: int) -> list[ChunkResult]:
-        """Shard ``slot`` of ``parts``: the compiled-graph entry point, where every worker reads one input."""
-        params, items = inputs
-        shards = shard(items, parts)
-        return self.run(params, shards[slot]) if slot < len(shards) else []
-
-    def info(self) -> dict[str, object]:
-        import ray
-
-        ctx = ray.get_runtime_context()
-        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "device": str(self.device), "gpu_ids": ray.get_gpu_ids()}
