@@ -125,19 +125,25 @@ def code_package(build_dir: str | Path) -> Path:
     package = Path(metaorch.__file__).parent
     if Path(metaorch.algorithms.__file__).parent.parent == package:
         return package
-    root = package.parent
-    wheels = Path(build_dir) / "wheel"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "--wheel-dir", str(wheels), str(root)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    built = sorted(wheels.glob("metaorch-*.whl"))
-    if proc.returncode != 0 or not built:
-        raise UserError(f"building a wheel of {root} to ship with the job failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
     unpacked = Path(build_dir) / "code"
-    with zipfile.ZipFile(built[-1]) as whl:
+    with zipfile.ZipFile(source_wheel(Path(build_dir) / "wheel")) as whl:
         whl.extractall(unpacked)
     return unpacked / "metaorch"
+
+
+def source_wheel(wheel_dir: str | Path) -> Path:
+    """A wheel of the source tree this process imports metaorch from (an editable install)."""
+    import metaorch
+
+    root = Path(metaorch.__file__).parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "--wheel-dir", str(wheel_dir), str(root)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    built = sorted(Path(wheel_dir).glob(f"metaorch-{metaorch.__version__}-*.whl"))
+    if proc.returncode != 0 or not built:
+        raise UserError(f"building a wheel of {root} to ship with the job failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return built[-1]
 
 
 def _config_in(config_path: str, working_dir: str) -> str:

@@ -39,6 +39,9 @@ _CLIENT_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 _MAX_BATCH = 1000
+# How long ``close`` goes on delivering to an unreachable or silent server before it leaves the
+# rest on disk: the longest a run's end waits on tracking.
+CLOSE_TIMEOUT_S = 120.0
 _PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -183,6 +186,8 @@ class Tracker:
             import mlflow.pytorch
             import torch
 
+            import metaorch
+
             # We choose pickle knowingly (it keeps ``adapt``); mlflow.pytorch warns about it on every save.
             logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
             with tempfile.TemporaryDirectory() as tmp:
@@ -191,7 +196,8 @@ class Tracker:
                     module,
                     path,
                     serialization_format="pickle",  # keeps the class, so ``adapt`` survives loading
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                    # the model's classes are metaorch's: a fresh environment needs this version of it
+                    pip_requirements=[f"metaorch=={metaorch.__version__}", f"torch=={torch.__version__.split('+')[0]}"],
                 )
                 self.client.log_artifacts(self.run_id, path, artifact_path)
 
@@ -357,7 +363,10 @@ class Tracker:
                 self._send_metrics(self._next_metrics())
             self._take_queued()
 
-    def close(self, status: str = "FINISHED", timeout: float = 120.0) -> None:
+    def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
+        """Deliver what is queued, then end the run; after ``timeout`` (default ``CLOSE_TIMEOUT_S``)
+        give up and return, even while a request hangs on a server that never answers."""
+        timeout = CLOSE_TIMEOUT_S if timeout is None else timeout
         self._queue.put(("call", lambda: self.client.set_terminated(self.run_id, status=status)))
         self._deadline = time.monotonic() + timeout
         self._closing = True
