@@ -43,3 +43,24 @@ class SleepOnce:
 def sleepy_build(config: Config, marker: str, iteration: int, index: int, seconds: float):
     family, learner = build_components(config)
     return SleepOnce(family, Path(marker), iteration, index, seconds), learner
+
+
+class DieFrom:
+    """A task family whose worker process dies on any training task from ``iteration`` on, so
+    every replacement dies too: the pool runs out of restarts at that iteration."""
+
+    def __init__(self, family, iteration: int):
+        self._family, self._iteration = family, iteration
+
+    def __getattr__(self, name: str):
+        return getattr(self._family, name)
+
+    def batch(self, tasks: Sequence[TaskDescriptor], **kw):
+        if any(t.split == "train" and t.iteration >= self._iteration for t in tasks):
+            os._exit(1)
+        return self._family.batch(tasks, **kw)
+
+
+def dying_build(config: Config, iteration: int):
+    family, learner = build_components(config)
+    return DieFrom(family, iteration), learner

@@ -186,6 +186,36 @@ def test_a_budgeted_run_stops_early_and_keeps_its_last_iteration(ray_session, wo
     assert ckpt["iteration"] == result.iterations and torch.equal(ckpt["meta_params"], result.meta_params)
 
 
+def test_a_pool_out_of_restarts_fails_the_run_and_keeps_its_checkpoint(ray_session, workdir, monkeypatch, capsys):
+    """Workers that die on every try from iteration 7 on: PoolExhausted. The CLI exits 1 with
+    one line, the MLflow run is FAILED and the 7 iterations done are in the last checkpoint."""
+    import faulty
+    from mlflow.tracking import MlflowClient
+
+    from metaorch.orchestrator import cli
+    from metaorch.orchestrator.supervised import SupervisedRunner
+
+    ray.cloudpickle.register_pickle_by_value(faulty)  # the workers need not import tests/
+    monkeypatch.setattr(SupervisedRunner, "worker_build", staticmethod(functools.partial(faulty.dying_build, iteration=7)))
+    (workdir / "job.yaml").write_text(
+        "outer: {iterations: 20, meta_batch: 8}\n"
+        "workers: {num_workers: 2, num_cpus: 0.5, chunk_size: 2, max_restarts: 1}\n"
+        "eval: {at_end: false, plot_tasks: 0}\n"
+        "checkpoint: {every: 5}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "job.yaml", "--quiet"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err and "max_restarts" in errors[0], err
+    (latest,) = workdir.glob("checkpoints/*/latest.pt")
+    saved = torch.load(latest, weights_only=True)
+    assert saved["iteration"] == 7
+    run = MlflowClient("sqlite:///mlflow.db").get_run(latest.parent.name)
+    assert run.info.status == "FAILED"
+
+
 def test_workers_get_the_gpu_fraction_they_ask_for(ray_session):
     """Two workers share the session's one (logical) GPU; each computes on CUDA where it exists."""
     config = tiny_config()
