@@ -6,6 +6,8 @@ from metaorch.algorithms.anil import ANIL
 from metaorch.algorithms.base import FewShotClassifier, LossFn, MetaLearner, OuterUpdate, Vectorize
 from metaorch.algorithms.conv4 import Conv4, Conv4Classifier
 from metaorch.algorithms.episodic import EpisodicLearner, EpisodicModel
+from metaorch.algorithms.gradient_based import GradientBasedLearner
+from metaorch.algorithms.inner_rules import SGD, Adam, InnerRule, MetaSGD
 from metaorch.algorithms.maml import MAML
 from metaorch.algorithms.meta_model import MetaModel
 from metaorch.algorithms.models import FunctionalModel, mlp
@@ -31,22 +33,22 @@ def build_learner(
     track_pre: bool = True,
     inner_optimizer: str = "sgd",
     inner_batch: int | None = None,
-) -> MAML:
+) -> GradientBasedLearner:
     """A gradient-based meta-learner; ``first_order`` applies to ANIL (FOMAML is its own name)."""
     options = dict(vectorize=vectorize, transductive=transductive, classify=classify)
     if name == "reptile":
-        return Reptile(model, loss_fn, inner_lr, inner_steps, inner_optimizer=inner_optimizer, inner_batch=inner_batch, **options)
+        rule = Adam(inner_lr) if inner_optimizer == "adam" else SGD(inner_lr)
+        return Reptile(model, loss_fn, rule, inner_steps, inner_batch=inner_batch, **options)
     options["track_pre"] = track_pre
     if name == "anil":
-        return ANIL(model, loss_fn, inner_lr, inner_steps, first_order=first_order, **options)
+        return ANIL(model, loss_fn, SGD(inner_lr), inner_steps, first_order=first_order, **options)
     if name in ("maml", "fomaml", "metasgd"):
         return MAML(
             model,
             loss_fn,
-            inner_lr,
+            MetaSGD(inner_lr) if name == "metasgd" else SGD(inner_lr),
             inner_steps,
             first_order=name == "fomaml",
-            learn_inner_lr=name == "metasgd",
             **options,
         )
     raise ValueError(f"unknown gradient-based algorithm {name!r}; expected one of {GRADIENT_BASED}")
@@ -84,6 +86,7 @@ def build_episodic(
 __all__ = [
     "ALGORITHMS",
     "ANIL",
+    "Adam",
     "Conv4",
     "Conv4Classifier",
     "EPISODIC",
@@ -91,7 +94,10 @@ __all__ = [
     "EpisodicModel",
     "FewShotClassifier",
     "GRADIENT_BASED",
+    "GradientBasedLearner",
+    "InnerRule",
     "MAML",
+    "MetaSGD",
     "FunctionalModel",
     "LossFn",
     "MetaLearner",
@@ -99,6 +105,7 @@ __all__ = [
     "OuterUpdate",
     "ParamLayout",
     "Reptile",
+    "SGD",
     "TaskBatch",
     "Vectorize",
     "build_episodic",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from metaorch.algorithms.base import inner_grad
 from metaorch.algorithms.maml import MAML
 from metaorch.algorithms.params import ParamLayout
 
@@ -20,18 +19,13 @@ class ANIL(MAML):
     adapted = "head"
 
     def adapt(self, meta_params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
-        weights, lrs = self.weights(meta_params), self.inner_lrs(meta_params)
-        head = self.model.slice("head")
-        if not isinstance(lrs, float):
-            lrs = lrs[head]
+        weights, head = self.weights(meta_params), self.model.slice("head")
         features = self.model.sub(weights, "body", x)
         head_module = self.model.module.head
         layout = ParamLayout.of(head_module)
 
-        def head_loss(h: torch.Tensor) -> torch.Tensor:
+        def head_loss(h: torch.Tensor, _: int) -> torch.Tensor:
             return self.loss_fn(functional_call(head_module, layout.unflatten(h), (features,)), y)
 
-        h = weights[head]
-        for _ in range(steps):
-            h = h - lrs * inner_grad(head_loss, h, not self.first_order)
+        h = self.descend(head_loss, weights[head], self.rule_params(meta_params)[head], steps, not self.first_order)
         return torch.cat([weights[: head.start], h, weights[head.stop :]])

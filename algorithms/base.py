@@ -1,10 +1,10 @@
-"""The interface every meta-learner implements, and the batch it consumes.
+"""What the worker and the driver need of every meta-learner, and what inner loops share.
 
-Modelled on jax-meta-learning's MetaLearner: ``adapt`` runs the inner loop, ``loss`` is a
-task loss at given weights, ``outer_update`` turns a batch of tasks into the direction the
-outer optimizer descends (a summed gradient for MAML-like methods, a summed ``theta - phi``
-for Reptile). Everything is a function of a flat meta-parameter vector, so the same code
-runs in a Ray worker, a test, or a notebook.
+``outer_update`` turns a batch of tasks (:data:`tasks.base.TaskBatch`) into the direction
+the outer optimizer descends: a summed gradient for MAML-like and episodic methods, a
+summed ``theta - phi`` for Reptile. Everything is a function of a flat meta-parameter
+vector, so the same code runs in a Ray worker, a test, or a notebook. The template the
+gradient-based methods share is :mod:`algorithms.gradient_based`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from metaorch.tasks.base import TaskBatch
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Vectorize = Literal["vmap", "loop"]
-# Reptile's inner Adam (Nichol et al.): beta1 = 0, so only the second moment is kept.
-ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
 
 @dataclass

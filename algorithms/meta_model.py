@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metaorch.algorithms.base import ADAM_BETA2, ADAM_EPS
+from metaorch.algorithms.inner_rules import ADAM_BETA2, ADAM_EPS
 
 
 class MetaModel(nn.Module):

@@ -8,8 +8,8 @@ the driver's learning-rate schedule. Nothing is differentiated through the inner
 Two choices from the paper's Omniglot setup are options here, because Reptile learns very
 slowly without them:
 
-- ``inner_optimizer="adam"``: the inner loop is Adam with beta1 = 0 (fresh state per task),
-  which makes the step size insensitive to the gradient scale.
+- the :class:`~algorithms.inner_rules.Adam` rule: the inner loop is Adam with beta1 = 0
+  (fresh state per task), which makes the step size insensitive to the gradient scale.
 - ``inner_batch``: Reptile has no outer loss, so in meta-training the queries of a task are
   simply more training data ("train shots" in the paper); the inner steps cycle through
   mini-batches of ``support + query``. Successive mini-batches are what make Reptile's
@@ -19,34 +19,28 @@ slowly without them:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-from metaorch.algorithms.base import ADAM_BETA2, ADAM_EPS, LossFn, OuterUpdate, TaskBatch, Vectorize, accuracy, inner_grad, map_tasks
-from metaorch.algorithms.maml import MAML
+from metaorch.algorithms.base import LossFn, OuterUpdate, Vectorize, accuracy, map_tasks
+from metaorch.algorithms.gradient_based import GradientBasedLearner
+from metaorch.algorithms.inner_rules import InnerRule
 from metaorch.algorithms.models import FunctionalModel
+from metaorch.tasks.base import TaskBatch
 
-InnerOptimizer = Literal["sgd", "adam"]
 
-
-class Reptile(MAML):
+class Reptile(GradientBasedLearner):
     def __init__(
         self,
         model: FunctionalModel,
         loss_fn: LossFn,
-        inner_lr: float,
+        rule: InnerRule,
         inner_steps: int,
         vectorize: Vectorize = "vmap",
         transductive: bool = True,
         classify: bool = False,
-        inner_optimizer: InnerOptimizer = "sgd",
         inner_batch: int | None = None,
     ):
-        super().__init__(
-            model, loss_fn, inner_lr, inner_steps, first_order=True, vectorize=vectorize, transductive=transductive, classify=classify
-        )
-        self.inner_optimizer = inner_optimizer
+        super().__init__(model, loss_fn, rule, inner_steps, vectorize, transductive, classify)
         self.inner_batch = inner_batch
 
     def adapt(
@@ -56,19 +50,14 @@ class Reptile(MAML):
 
         Meta-test (``query_logits``, the exported model) adapts on the full support set.
         """
-        weights = self.weights(meta_params)
         batches = 1 if inner_batch is None else max(1, -(-x.shape[0] // inner_batch))
-        second_moment = torch.zeros_like(weights)
-        for j in range(steps):
-            xb, yb = (x, y) if batches == 1 else (x[j % batches :: batches], y[j % batches :: batches])
-            g = inner_grad(lambda w: self.loss(w, xb, yb), weights, create_graph=False)
-            if self.inner_optimizer == "sgd":
-                weights = weights - self.inner_lr * g
-            else:  # Adam with beta1 = 0, bias-corrected second moment
-                second_moment = ADAM_BETA2 * second_moment + (1 - ADAM_BETA2) * g * g
-                v_hat = second_moment / (1 - ADAM_BETA2 ** (j + 1))
-                weights = weights - self.inner_lr * g / (v_hat.sqrt() + ADAM_EPS)
-        return weights
+
+        def step_loss(w: torch.Tensor, j: int) -> torch.Tensor:
+            if batches == 1:
+                return self.loss(w, x, y)
+            return self.loss(w, x[j % batches :: batches], y[j % batches :: batches])
+
+        return self.descend(step_loss, self.weights(meta_params), self.rule_params(meta_params), steps, create_graph=False)
 
     def task_update(self, meta_params: torch.Tensor, task: TaskBatch):
         if self.inner_batch is None:
@@ -76,15 +65,17 @@ class Reptile(MAML):
         else:
             train_x = torch.cat([task["support_x"], task["query_x"]])
             train_y = torch.cat([task["support_y"], task["query_y"]])
+        weights = self.weights(meta_params)
         adapted = self.adapt(meta_params, train_x, train_y, self.inner_steps, self.inner_batch)
-        pre_out = self.predict(meta_params, task["support_x"], task["query_x"])
+        pre_out = self.predict(weights, task["support_x"], task["query_x"])
         post_out = self.predict(adapted, task["support_x"], task["query_x"])  # queries seen in training when inner_batch is set
         metrics = {}
         if self.classify:
             metrics = {"accuracy": accuracy(post_out, task["query_y"]), "accuracy_pre": accuracy(pre_out, task["query_y"])}
-        return meta_params - adapted, self.loss_fn(pre_out, task["query_y"]), self.loss_fn(post_out, task["query_y"]), metrics
+        return weights - adapted, self.loss_fn(pre_out, task["query_y"]), self.loss_fn(post_out, task["query_y"]), metrics
 
     def outer_update(self, meta_params: torch.Tensor, batch: TaskBatch) -> OuterUpdate:
+        """Reptile has no outer loss to differentiate: its direction is ``theta - phi``, summed."""
         with torch.no_grad():
             deltas, pre, post, metrics = map_tasks(self.task_update, meta_params, batch, self.vectorize)
         return OuterUpdate(deltas.sum(0), pre, post, metrics)

@@ -11,7 +11,7 @@ import torch
 
 from metaorch.algorithms.base import FewShotClassifier, accuracy, map_tasks
 from metaorch.algorithms.episodic import EpisodicLearner
-from metaorch.algorithms.maml import MAML
+from metaorch.algorithms.gradient_based import GradientBasedLearner
 from metaorch.tasks.base import TaskDescriptor, TaskFamily
 
 
@@ -31,7 +31,7 @@ def estimate(values: np.ndarray) -> Estimate:
 
 
 def adapted_losses(
-    learner: MAML,
+    learner: GradientBasedLearner,
     family: TaskFamily,
     meta_params: torch.Tensor,
     tasks: Sequence[TaskDescriptor],
@@ -97,7 +97,7 @@ def episode_metrics(
 
 
 def meta_test(
-    learner: MAML,
+    learner: GradientBasedLearner,
     family: TaskFamily,
     meta_params: torch.Tensor,
     tasks: Sequence[TaskDescriptor],

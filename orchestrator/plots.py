@@ -11,12 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from metaorch.algorithms.maml import MAML  # noqa: E402
+from metaorch.algorithms.gradient_based import GradientBasedLearner  # noqa: E402
 from metaorch.tasks.base import TaskDescriptor, TaskFamily  # noqa: E402
 
 
 def regression_predictions(
-    learner: MAML,
+    learner: GradientBasedLearner,
     family: TaskFamily,
     meta_params: torch.Tensor,
     tasks: Sequence[TaskDescriptor],

@@ -15,12 +15,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metaorch.algorithms import MAML, FunctionalModel, MetaModel, OuterUpdate, Reptile, TaskBatch, build_learner, mlp
+from metaorch.algorithms import MAML, SGD, Adam, FunctionalModel, GradientBasedLearner, MetaModel, MetaSGD, OuterUpdate, Reptile, mlp
+from metaorch.tasks.base import TaskBatch
 
 F64 = torch.float64
 # mlp(1, [3, 3], 1) from this seed has no ReLU unit dead on the test data, so every one of
 # its weights (and every Meta-SGD rate) gets a nonzero gradient: the checks cover them all.
 TINY_SEED = 10
+# The methods by name: each is a learner class and an inner rule (algorithms/inner_rules.py).
+LEARNERS: dict[str, Callable[..., GradientBasedLearner]] = {
+    "maml": lambda model, lr, steps, vectorize: MAML(model, F.mse_loss, SGD(lr), steps, vectorize=vectorize),
+    "fomaml": lambda model, lr, steps, vectorize: MAML(model, F.mse_loss, SGD(lr), steps, first_order=True, vectorize=vectorize),
+    "metasgd": lambda model, lr, steps, vectorize: MAML(model, F.mse_loss, MetaSGD(lr), steps, vectorize=vectorize),
+    "reptile": lambda model, lr, steps, vectorize: Reptile(model, F.mse_loss, SGD(lr), steps, vectorize=vectorize),
+    "reptile_adam": lambda model, lr, steps, vectorize: Reptile(model, F.mse_loss, Adam(lr), steps, vectorize=vectorize),
+}
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -47,11 +56,11 @@ def make_learner(
     vectorize: str = "vmap",
     dtype: torch.dtype = F64,
     seed: int = 0,
-) -> tuple[MAML, torch.Tensor]:
+) -> tuple[GradientBasedLearner, torch.Tensor]:
     """A learner over ``mlp(in_features, hidden, 1)`` and its meta-parameters, cast to ``dtype``."""
     model = FunctionalModel(mlp(in_features, hidden, 1))
     model.module.to(dtype)
-    learner = build_learner(name, model, F.mse_loss, inner_lr, inner_steps, vectorize)
+    learner = LEARNERS[name](model, inner_lr, inner_steps, vectorize)
     return learner, learner.init_meta_params(seed).to(dtype)
 
 
@@ -86,7 +95,7 @@ def ref_summed_post_loss(learner: MAML, meta_params: torch.Tensor, batch: TaskBa
     """Sum over tasks of the query loss after the inner loop: the objective MAML differentiates."""
     module, n = learner.model.module, learner.model.num_params
     theta = meta_params[:n]
-    lrs = meta_params[n:] if learner.learn_inner_lr else learner.inner_lr
+    lrs = meta_params[n:] if isinstance(learner.rule, MetaSGD) else learner.rule.lr
     total = torch.zeros((), dtype=meta_params.dtype)
     for i in range(batch["support_x"].shape[0]):
         phi = ref_adapt(module, theta, lrs, batch["support_x"][i], batch["support_y"][i], learner.inner_steps)
@@ -137,7 +146,7 @@ def test_fomaml_direction_is_query_gradient_at_adapted_weights(vectorize: str) -
 
     expected = torch.zeros_like(meta_params)
     for i in range(3):
-        phi = ref_adapt(module, meta_params, fo.inner_lr, batch["support_x"][i], batch["support_y"][i], fo.inner_steps)
+        phi = ref_adapt(module, meta_params, fo.rule.lr, batch["support_x"][i], batch["support_y"][i], fo.inner_steps)
         phi.requires_grad_(True)
         (g,) = torch.autograd.grad(ref_loss(module, phi, batch["query_x"][i], batch["query_y"][i]), phi)
         expected += g
@@ -218,12 +227,12 @@ def test_vmap_and_loop_give_the_same_update(name: str) -> None:
 # -- MetaModel -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["maml", "metasgd"])
+@pytest.mark.parametrize("name", ["maml", "metasgd", "reptile_adam"])
 def test_meta_model_adapts_like_the_learner(name: str) -> None:
     """The exported nn.Module must fine-tune exactly as the learner's inner loop did in training."""
     learner, meta_params = make_learner(name, [8, 8], inner_steps=3, dtype=torch.float32)
     n = learner.model.num_params
-    if learner.learn_inner_lr:
+    if isinstance(learner.rule, MetaSGD):
         g = torch.Generator().manual_seed(2)
         meta_params = torch.cat([meta_params[:n], 0.1 * (0.2 + torch.rand(n, generator=g))])
     batch = make_batch(tasks=1, shots=10, queries=20, dtype=torch.float32)
@@ -247,7 +256,7 @@ def test_reptile_inner_adam_and_mini_batches_match_a_hand_written_loop() -> None
     support + queries. Reference: torch.optim.Adam on an nn.Module, batches sliced by hand."""
     model = FunctionalModel(mlp(1, [8], 1))
     model.module.to(F64)
-    learner = build_learner("reptile", model, F.mse_loss, 0.01, 5, "loop", inner_optimizer="adam", inner_batch=4)
+    learner = Reptile(model, F.mse_loss, Adam(0.01), 5, "loop", inner_batch=4)
     theta = learner.init_meta_params(0).to(F64)
     batch = make_batch(tasks=2, shots=3, queries=9)
     update = learner.outer_update(theta, batch)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from metaorch.algorithms import ANIL, MAML, Conv4Classifier, FunctionalModel, build_learner
+from metaorch.algorithms import ANIL, MAML, SGD, Conv4Classifier, FunctionalModel, GradientBasedLearner, MetaSGD, Reptile
 from metaorch.algorithms.base import differentiated_twice, inner_grad
 from metaorch.algorithms.conv4 import to_channels_last
 
@@ -25,10 +25,17 @@ def episode(ways: int = 3, shots: int = 2, queries: int = 2, seed: int = 0, task
     }
 
 
-def learner(name: str, ways: int = 3, transductive: bool = True, steps: int = 2) -> tuple[MAML, torch.Tensor]:
+def learner(name: str, ways: int = 3, transductive: bool = True, steps: int = 2) -> tuple[GradientBasedLearner, torch.Tensor]:
     model = FunctionalModel(Conv4Classifier(ways))
     model.module.to(F64)
-    lrn = build_learner(name, model, F.cross_entropy, 0.4, steps, "loop", transductive=transductive, classify=True)
+    cls, rule, options = {
+        "maml": (MAML, SGD, {}),
+        "fomaml": (MAML, SGD, {"first_order": True}),
+        "metasgd": (MAML, MetaSGD, {}),
+        "anil": (ANIL, SGD, {}),
+        "reptile": (Reptile, SGD, {}),
+    }[name]
+    lrn = cls(model, F.cross_entropy, rule(0.4), steps, vectorize="loop", transductive=transductive, classify=True, **options)
     return lrn, lrn.init_meta_params(0).to(F64)
 
 
@@ -111,7 +118,7 @@ def ref_anil_post_loss(lrn: ANIL, p: torch.Tensor, task: dict[str, torch.Tensor]
     feats = torch.func.functional_call(net.body, body, (task["support_x"],))
     for _ in range(lrn.inner_steps):
         gw, gb = torch.autograd.grad(F.cross_entropy(feats @ w.T + b, task["support_y"]), (w, b), create_graph=True)
-        w, b = w - lrn.inner_lr * gw, b - lrn.inner_lr * gb
+        w, b = w - lrn.rule.lr * gw, b - lrn.rule.lr * gb
     q = torch.func.functional_call(net.body, body, (task["query_x"],))
     return F.cross_entropy(q @ w.T + b, task["query_y"])
 
