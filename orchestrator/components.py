@@ -139,10 +139,11 @@ def prepare_data(config: Config) -> None:
 
 def build_env_family(config: Config):
     """The config's meta-RL environment family (as trials when the method plays them); bad options exit 2."""
-    from metaorch.tasks.rl import EnvFamilyError, make_family  # gymnasium and MuJoCo load only for meta-RL jobs
+    from metaorch.tasks.rl import EnvFamilyError  # gymnasium and MuJoCo load only for meta-RL jobs
 
+    t = config.task
     try:
-        return make_family(config.task.name, config.task.trial_episodes, **config.task.options)
+        return registry.task(t.name).builder()(t.name, t.trial_episodes, **t.options)
     except EnvFamilyError as exc:
         raise UserError(f"task.options={config.task.options}: {exc}") from None
 

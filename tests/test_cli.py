@@ -441,3 +441,25 @@ def test_train_rejects_unknown_alphabet(job, main_rejects, tmp_path_factory):
 
 def test_omniglot_without_root_names_the_field(job, main_rejects):
     main_rejects(["train", "tiny.yaml", *OMNIGLOT_TINY], ["data.root"])
+
+
+def test_registry_names_resolve_and_agree_with_the_environment_catalogue():
+    """Every method's builder and runner and every task family's builder import (the registry
+    names them as strings, to stay light); the meta-RL families are the ones tasks.rl knows."""
+    from metaorch.orchestrator import registry
+    from metaorch.tasks.rl import FAMILIES
+
+    for method in registry.METHODS.values():
+        assert callable(method.builder()) and hasattr(method.runner_class(), "iteration"), method.name
+    for family in registry.TASKS.values():
+        assert callable(family.builder()), family.name
+    assert sorted(registry.tasks_for(frozenset({"rl"}))) == sorted(FAMILIES)
+
+
+def test_train_help_lists_every_method_and_task_family(capsys):
+    from metaorch.orchestrator import registry
+
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in (*registry.METHODS, *registry.TASKS)), out
