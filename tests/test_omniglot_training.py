@@ -12,7 +12,7 @@ import pytest
 
 from conftest import OMNIGLOT, omniglot_root
 from metaorch.orchestrator.components import build_components
-from metaorch.algorithms import EPISODIC
+from metaorch.orchestrator import registry
 from metaorch.orchestrator.config import deep_merge, from_dict
 from metaorch.orchestrator.evaluation import classification_test
 from metaorch.orchestrator.trainer import evaluate, train
@@ -73,7 +73,7 @@ def test_method_learns_omniglot(method, ray_session, workdir, omniglot_cache) ->
     algorithm, iterations, sections = METHODS[method]
     config = omniglot_config(omniglot_cache, algorithm, iterations, **sections)
     result = train(config, progress=False)
-    key = "acc_5way_1shot" + ("" if config.algorithm.name in EPISODIC else f"_step_{config.eval.steps[0]}")
+    key = "acc_5way_1shot" + (f"_step_{config.eval.steps[0]}" if registry.method(config.algorithm.name).adapts else "")
     trained = result.test[key]
 
     _, learner = build_components(config)
