@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from metaorch.algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
+from metaorch.algorithms.rl.trajectories import Plan, Policy, Trajectories
 from metaorch.tasks.base import TaskDescriptor
 from metaorch.workers.barrier import Barrier, Request
 from metaorch.workers.chunks import chunk
