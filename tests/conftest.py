@@ -48,6 +48,12 @@ def omniglot_root() -> Path:
     return OMNIGLOT
 
 
+@pytest.fixture(scope="session")
+def omniglot_cache(tmp_path_factory) -> Path:
+    """One preprocessed-array cache for every Omniglot run of the session."""
+    return tmp_path_factory.mktemp("omniglot-cache")
+
+
 @pytest.fixture
 def no_ray_start(monkeypatch):
     """Starting or joining Ray fails the test: bad input must be refused before Ray starts.

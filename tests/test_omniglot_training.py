@@ -25,11 +25,6 @@ def _omniglot_present() -> Path:
     return omniglot_root()
 
 
-@pytest.fixture(scope="session")
-def omniglot_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("omniglot-cache")
-
-
 def omniglot_config(cache: Path, algorithm: dict, iterations: int, **sections) -> object:
     base = {
         "task": {"name": "omniglot", "ways": 5, "shots": 1, "queries": 5},

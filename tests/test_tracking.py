@@ -6,6 +6,8 @@ every check reads back through ``MlflowClient``, exactly what a user would see i
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import pytest
@@ -244,3 +246,87 @@ def test_dead_server_never_blocks_logging_and_close_is_bounded(caplog):
     assert closed_in < 3.5, f"close(timeout=2) took {closed_in:.1f}s"
     assert not tracker._thread.is_alive(), "the sink thread outlived close()"
     assert any("giving up" in r.getMessage() for r in caplog.records)
+
+
+class SilencingProxy:
+    """A TCP proxy on 127.0.0.1 to ``port``; after ``silence()`` it still accepts connections,
+    and reads what it is sent, but never answers again (a hung server, not a dead one)."""
+
+    def __init__(self, port: int):
+        self.target = port
+        self.silent = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            self.sockets.append(conn)
+            if self.silent.is_set():
+                threading.Thread(target=self._pipe, args=(conn, None), daemon=True).start()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets.append(upstream)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket | None) -> None:
+        try:
+            while data := src.recv(65536):
+                if dst is not None and not self.silent.is_set():
+                    dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.server.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_server_that_stops_answering_does_not_stall_training(mlflow_server, ray_session, workdir, monkeypatch):
+    """The server hangs (connections accepted, no reply) once the first checkpoint is written:
+    training goes on at its own pace, the run ends within ``CLOSE_TIMEOUT_S`` of its last
+    iteration, and what never arrived is left in the spill directory."""
+    from metaorch.orchestrator import tracking
+    from metaorch.orchestrator.trainer import train
+
+    close_s = 5.0
+    monkeypatch.setattr(tracking, "CLOSE_TIMEOUT_S", close_s)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")  # a hung request gives up sooner (default here: 10 s)
+    proxy = SilencingProxy(int(mlflow_server.rsplit(":", 1)[1]))
+    n, every = 40, 10
+
+    def silence_at_first_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while not list(workdir.glob(f"checkpoints/*/ckpt_{every:08d}.pt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proxy.silence_at = time.monotonic()
+        proxy.silent.set()
+
+    watcher = threading.Thread(target=silence_at_first_checkpoint, daemon=True)
+    watcher.start()
+    config = tiny_config(outer={"iterations": n}, eval={"at_end": False, "plot_tasks": 0, "val_every": 5}, checkpoint={"every": every})
+    try:
+        result = train(config, tracking_uri=proxy.url, progress=False)
+        returned_at = time.monotonic()
+    finally:
+        proxy.close()
+    watcher.join(5)
+    assert proxy.silent.is_set() and result.iterations == n
+    # Each of the ~30 silent iterations logs; a caller that waited for the server would sit
+    # through the request timeout each time. Close gives up after close_s (+5 s join).
+    assert returned_at - proxy.silence_at < close_s + 5 + 30, f"{returned_at - proxy.silence_at:.0f}s after the server hung"
+    undelivered = workdir / "checkpoints" / result.run_id / "tracking-spill" / "undelivered.jsonl"
+    deadline = time.monotonic() + 60  # written once the sink's hung request times out
+    while not undelivered.exists():
+        assert time.monotonic() < deadline, "what never reached the server was not kept on disk"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    steps = {int(line.split(",")[-2]) for line in undelivered.read_text().splitlines() if line.strip()}
+    assert n in steps, sorted(steps)[-5:]
