@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from metaorch.algorithms.rl import PEARL, MAMLPlan, RL2Learner, RL2Plan, outer_step
+from metaorch.algorithms.rl import PEARL, MAMLPlan, MAMLTRPOLearner, RL2Learner, RL2Plan
 from metaorch.algorithms.rl.maml_trpo import MAMLTestPlan
 from metaorch.algorithms.rl.pearl import PEARLPlan
 from metaorch.algorithms.rl.rl2 import trial_episode_returns
@@ -115,20 +115,17 @@ class MAMLTRPORunner(RLRunner):
 
     def start(self, params: torch.Tensor) -> None:
         config, family = self.config, self.family
-        self.c = config.rl.maml_trpo
-        self.device = learner_device()
-        self.plan = MAMLPlan(build_policy(config, family), self.c)  # a CPU copy travels with the plan
-        self.policy = build_policy(config, family).to(self.device)
-        self.theta = params.detach().float().to(self.device)
+        self.plan = MAMLPlan(build_policy(config, family), config.rl.maml_trpo)  # a CPU copy travels with the plan
+        self.learner = MAMLTRPOLearner(build_policy(config, family), params, config.rl.maml_trpo, learner_device())
 
     def worker_params(self) -> torch.Tensor:
-        return self.theta.detach().cpu()
+        return self.learner.params.detach().cpu()
 
     def iteration(self, pool: RolloutPool, it: int) -> dict[str, float]:
         cfg = self.config
         tasks = descriptors(cfg.seed, "train", it, cfg.outer.meta_batch)
         outputs, timing = _sample(pool, self.worker_params(), tasks, self.plan, cfg.workers.chunk_size)
-        self.theta, stats = outer_step(self.policy, self.theta, [(o["pre"], o["post"]) for o in outputs], self.c)
+        stats = self.learner.update([(o["pre"], o["post"]) for o in outputs])
         return {
             "train/return_pre": stats.pop("pre_return"),
             "train/return_post": stats.pop("post_return"),

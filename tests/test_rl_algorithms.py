@@ -22,6 +22,7 @@ from metaorch.algorithms.rl.batching import concat_episodes, masked_mean, to_ten
 from metaorch.algorithms.rl.maml_trpo import (
     MAMLPlan,
     MAMLTRPOConfig,
+    MAMLTRPOLearner,
     _adapt,
     _prepare,
     adapt,
@@ -30,7 +31,6 @@ from metaorch.algorithms.rl.maml_trpo import (
     fvp_subset,
     line_search,
     mean_kl,
-    outer_step,
     surrogate,
 )
 from metaorch.algorithms.rl.pearl import (
@@ -218,6 +218,13 @@ def _double(tasks):
     return tasks
 
 
+def outer_step(policy, theta: torch.Tensor, per_task: list, config: MAMLTRPOConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """One update of a fresh learner at ``theta`` (cast to float32, as the runner's): θ after it, and its metrics."""
+    learner = MAMLTRPOLearner(policy, theta, config)
+    metrics = learner.update(per_task)
+    return learner.params, metrics
+
+
 def _kl_through_adaptation(policy, th: torch.Tensor, tasks, old, inner_lr: float) -> torch.Tensor:
     """Written out again: a second-order inner step per task, then the mean KL to the old policies."""
     kls = []
@@ -253,11 +260,11 @@ def test_fvp_subset_is_evenly_spaced_and_defines_the_fisher_of_its_tasks():
     policy, theta, per_task = _tiny_maml_problem(seed=4, tasks=4)
     config = MAMLTRPOConfig(inner_lr=0.5, max_kl=1e-3)
     # every task named explicitly is the same step as the default, bit for bit
-    full, m_full = outer_step(policy, theta.float(), per_task, config)
-    same, m_same = outer_step(policy, theta.float(), per_task, dataclasses.replace(config, fvp_tasks=4))
+    full, m_full = outer_step(policy, theta, per_task, config)
+    same, m_same = outer_step(policy, theta, per_task, dataclasses.replace(config, fvp_tasks=4))
     assert torch.equal(full, same) and m_full == m_same
     # a subset changes the direction, not the guarantees: the surrogate falls and the KL on every task holds
-    sub, m_sub = outer_step(policy, theta.float(), per_task, dataclasses.replace(config, fvp_tasks=2))
+    sub, m_sub = outer_step(policy, theta, per_task, dataclasses.replace(config, fvp_tasks=2))
     assert not torch.equal(sub, full)
     assert m_sub["step_accepted"] == 1.0 and 0 < m_sub["kl"] <= config.max_kl
 
@@ -296,7 +303,7 @@ def test_outer_step_respects_max_kl_and_improves_the_surrogate():
     policy, theta, per_task = _tiny_maml_problem(seed=1)
     config = MAMLTRPOConfig(inner_lr=0.5, max_kl=1e-3)
     per_task_f = [(pre, post) for pre, post in per_task]
-    new_theta, metrics = outer_step(policy, theta.float(), per_task_f, config)
+    new_theta, metrics = outer_step(policy, theta, per_task_f, config)
     assert metrics["step_accepted"] == 1.0 and metrics["surrogate_after"] < metrics["surrogate_before"]
     assert not torch.equal(new_theta, theta.float())
     # the KL between old and new post-adaptation policies, recomputed here
@@ -392,11 +399,12 @@ def test_maml_trpo_learns_to_adapt_to_goals():
         return float(np.mean([o["post_returns"].mean() for o in outs])), float(np.mean([o["pre_returns"].mean() for o in outs]))
 
     before, _ = post_return(theta)
+    learner = MAMLTRPOLearner(policy, theta, config)
     for it in range(6):
-        outs = run(theta, rng.uniform(-1, 1, size=4), seed=it)
-        theta, metrics = outer_step(policy, theta, [(o["pre"], o["post"]) for o in outs], config)
+        outs = run(learner.params, rng.uniform(-1, 1, size=4), seed=it)
+        metrics = learner.update([(o["pre"], o["post"]) for o in outs])
         assert metrics["kl"] <= config.max_kl
-    after, pre_after = post_return(theta)
+    after, pre_after = post_return(learner.params)
     assert after > before + 1.0, (before, after)
     assert after > pre_after + 1.0, (pre_after, after)  # the gain comes from adapting
 

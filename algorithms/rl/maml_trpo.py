@@ -9,10 +9,11 @@ KL(π_θ'old ‖ π_θ'), Fisher-vector products as Hessian-vector products of t
 conjugate-gradient solve, and a backtracking line search that accepts only a step that
 lowers the surrogate and keeps the KL under ``max_kl``.
 
-Workers run :class:`MAMLPlan` (sample at θ, adapt, sample at θ'); the learner calls
-:func:`outer_step`, which recomputes every inner step from the pre-adaptation episodes so
-the outer gradient sees it. The linear baseline is a deterministic function of the episodes,
-so the learner's θ' equals the worker's (to float rounding) and the importance ratios start at 1.
+Workers run :class:`MAMLPlan` (sample at θ, adapt, sample at θ'); the driver's
+:class:`MAMLTRPOLearner` holds θ and takes the outer step, recomputing every inner step from
+the pre-adaptation episodes so the outer gradient sees it. The linear baseline is a
+deterministic function of the episodes, so the learner's θ' equals the worker's (to float
+rounding) and the importance ratios start at 1.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class DifferentiablePolicy(Protocol):
     def log_prob(self, params: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...
 
     def distribution(self, params: torch.Tensor, obs: torch.Tensor) -> Distribution: ...
+
+    def to(self, device: torch.device | str) -> DifferentiablePolicy: ...
 
 
 @dataclass(frozen=True)
@@ -254,47 +257,56 @@ def _detach(dist: Distribution) -> Distribution:
     raise TypeError(f"cannot detach a {type(dist).__name__}")
 
 
-def outer_step(
-    policy: DifferentiablePolicy,
-    theta: torch.Tensor,
-    per_task: Sequence[tuple[Trajectories, Trajectories]],
-    config: MAMLTRPOConfig = MAMLTRPOConfig(),
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """One TRPO step on θ from each task's (pre-adaptation, post-adaptation) episodes, in task order."""
-    if not per_task:
-        raise ValueError("outer_step needs at least one task")
-    theta = theta.detach().requires_grad_(True)
-    tasks = _prepare(per_task, config, theta.device)
+class MAMLTRPOLearner:
+    """The learner's side of MAML-TRPO: θ and its TRPO outer step.
 
-    losses, kls, old = surrogate(policy, theta, tasks, config)
-    loss = torch.stack(losses).mean()
-    (g,) = torch.autograd.grad(loss, theta, retain_graph=True)
-    fvp_kl = torch.stack([kls[i] for i in fvp_subset(len(tasks), config.fvp_tasks)]).mean()
-    fvp = fisher_vector_product(fvp_kl, theta, config.cg_damping)
-    direction = conjugate_gradient(fvp, g.detach(), config.cg_iters)
-    shs = 0.5 * (direction @ fvp(direction))
-    full_step = direction * torch.sqrt(config.max_kl / shs.clamp_min(1e-12))
+    Lives on the driver (``device`` may be a GPU), as :class:`~algorithms.rl.rl2.RL2Learner`
+    and :class:`~algorithms.rl.pearl.PEARL` do; workers get ``params`` once per iteration.
+    """
 
-    def evaluate(candidate: torch.Tensor) -> tuple[float, float]:
-        with torch.no_grad():
-            losses_c, kls_c, _ = surrogate(policy, candidate, tasks, config, old)
-        return float(torch.stack(losses_c).mean()), float(torch.stack(kls_c).mean())
+    def __init__(self, policy: DifferentiablePolicy, params: torch.Tensor, config: MAMLTRPOConfig = MAMLTRPOConfig(), device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device)
+        self.config = config
+        self.params = params.detach().float().to(self.device)
 
-    loss_before = float(loss.detach())
-    new_theta, loss_after, kl_after, tries = line_search(
-        evaluate, theta.detach(), full_step, loss_before, config.max_kl, config.ls_max_steps, config.ls_backtrack_ratio
-    )
-    metrics = {
-        "surrogate_before": loss_before,
-        "surrogate_after": loss_after,
-        "kl": kl_after,
-        "line_search_steps": float(tries),
-        "step_accepted": float(loss_after < loss_before),
-        "grad_norm": float(g.norm()),
-        "pre_return": float(sum(pre.returns().mean() for pre, _ in per_task) / len(per_task)),
-        "post_return": float(sum(post.returns().mean() for _, post in per_task) / len(per_task)),
-    }
-    return new_theta.detach(), metrics
+    def update(self, per_task: Sequence[tuple[Trajectories, Trajectories]]) -> dict[str, float]:
+        """One TRPO step on θ from each task's (pre-adaptation, post-adaptation) episodes, in task order."""
+        if not per_task:
+            raise ValueError("a MAML-TRPO update needs at least one task")
+        policy, config = self.policy, self.config
+        theta = self.params.detach().requires_grad_(True)
+        tasks = _prepare(per_task, config, theta.device)
+
+        losses, kls, old = surrogate(policy, theta, tasks, config)
+        loss = torch.stack(losses).mean()
+        (g,) = torch.autograd.grad(loss, theta, retain_graph=True)
+        fvp_kl = torch.stack([kls[i] for i in fvp_subset(len(tasks), config.fvp_tasks)]).mean()
+        fvp = fisher_vector_product(fvp_kl, theta, config.cg_damping)
+        direction = conjugate_gradient(fvp, g.detach(), config.cg_iters)
+        shs = 0.5 * (direction @ fvp(direction))
+        full_step = direction * torch.sqrt(config.max_kl / shs.clamp_min(1e-12))
+
+        def evaluate(candidate: torch.Tensor) -> tuple[float, float]:
+            with torch.no_grad():
+                losses_c, kls_c, _ = surrogate(policy, candidate, tasks, config, old)
+            return float(torch.stack(losses_c).mean()), float(torch.stack(kls_c).mean())
+
+        loss_before = float(loss.detach())
+        new_theta, loss_after, kl_after, tries = line_search(
+            evaluate, theta.detach(), full_step, loss_before, config.max_kl, config.ls_max_steps, config.ls_backtrack_ratio
+        )
+        self.params = new_theta.detach()
+        return {
+            "surrogate_before": loss_before,
+            "surrogate_after": loss_after,
+            "kl": kl_after,
+            "line_search_steps": float(tries),
+            "step_accepted": float(loss_after < loss_before),
+            "grad_norm": float(g.norm()),
+            "pre_return": float(sum(pre.returns().mean() for pre, _ in per_task) / len(per_task)),
+            "post_return": float(sum(post.returns().mean() for _, post in per_task) / len(per_task)),
+        }
 
 
 # -- worker side ---------------------------------------------------------------------------
