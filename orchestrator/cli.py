@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config file")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. outer.lr=0.001")
     t.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
-    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the config's, sqlite:///mlflow.db)")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the config's, sqlite:///mlflow.db); none: tracking off, no MLflow")
     t.add_argument("--resume", metavar="RUN_ID_OR_CHECKPOINT", help="continue a run from its last checkpoint")
     t.add_argument("--run-id", help="log into this existing, empty MLflow run (metaorch submit creates it)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
@@ -102,6 +102,7 @@ def run(argv: list[str]) -> int:
 
     from metaorch.orchestrator.console import print_estimates
     from metaorch.orchestrator.tracking import ui_command
+    from metaorch.orchestrator.tracking_off import METRICS_FILE, tracking_off
     from metaorch.orchestrator.trainer import evaluate, train
     from metaorch.workers import PoolExhausted
 
@@ -119,7 +120,10 @@ def run(argv: list[str]) -> int:
         print(f"checkpoint: {result.checkpoint}")
         if result.test:
             print_estimates(result.test)
-        print(f"MLflow UI: {redact(ui_command(result.tracking_uri))}")
+        if tracking_off(result.tracking_uri):
+            print(f"tracking off: metrics in {result.checkpoint.parent / METRICS_FILE}")
+        else:
+            print(f"MLflow UI: {redact(ui_command(result.tracking_uri))}")
         return 0
 
     result = evaluate(

@@ -61,6 +61,8 @@ def _logged_after(tracker: Tracker, step: int) -> set[tuple[str, int]]:
     """(metric, step) pairs already in the run from ``step`` on: what a killed driver logged after its
     last checkpoint. The resumed run recomputes those steps and must not log them a second time."""
     c = tracker.client
+    if c is None:  # tracking off: no store holds earlier steps
+        return set()
     try:
         keys = list(c.get_run(tracker.run_id).data.metrics)
         return {(k, m.step) for k in keys for m in c.get_metric_history(tracker.run_id, k) if m.step >= step}

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from metaorch.algorithms.gradient_based import GradientBasedLearner
+from metaorch.tasks.base import TaskDescriptor, TaskFamily
 
-from metaorch.algorithms.gradient_based import GradientBasedLearner  # noqa: E402
-from metaorch.tasks.base import TaskDescriptor, TaskFamily  # noqa: E402
+
+def _pyplot():
+    """pyplot on the Agg backend, imported when a picture is drawn: training imports this module,
+    and a run that draws nothing (tracking off, on a machine without matplotlib) must not need it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def regression_predictions(
@@ -26,7 +33,7 @@ def regression_predictions(
     """One panel per task: truth on a dense set of inputs, support points, pre and post prediction."""
     meta_params = meta_params.detach().cpu()
     batch = family.batch(list(tasks), queries=points)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
     for i, ax in enumerate(axes[0]):
         sx, sy = batch["support_x"][i], batch["support_y"][i]
         qx, qy = batch["query_x"][i], batch["query_y"][i]
@@ -48,7 +55,7 @@ def regression_predictions(
 def adaptation_curve(returns: Mapping[str, object], xlabel: str, first: int, title: str):
     """Mean return with its 95% CI at each adaptation step or trial episode (numbered from
     ``first``), one line per curve in ``returns`` (name -> list of Estimates in order)."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = _pyplot().subplots(figsize=(5, 3.4))
     for i, (name, estimates) in enumerate(returns.items()):
         xs = list(range(first, first + len(estimates)))
         means = [e.mean for e in estimates]

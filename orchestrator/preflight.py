@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.tracking_off import tracking_off
 
 TIMEOUT_S = 3.0
 _DB_SCHEMES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -66,6 +67,8 @@ def tracking_uri_for(given: str | None, configured: str) -> str:
 
 
 def check_tracking_uri(uri: str) -> None:
+    if tracking_off(uri):
+        return
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]
     if scheme == "sqlite":

@@ -11,6 +11,7 @@ from metaorch.orchestrator import checkpoint as ckpt_io
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.preflight import sqlite_path
 from metaorch.orchestrator.tracking import client
+from metaorch.orchestrator.tracking_off import tracking_off
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _CKPT_FILE = re.compile(r"^ckpt_\d+\.pt$")
@@ -26,6 +27,10 @@ def resolve_checkpoint(source: str, tracking_uri: str, checkpoint_dir: str) -> c
     if not RUN_ID.match(source):
         raise UserError(f"{source}: no such checkpoint file or directory, and not an MLflow run id")
     local = Path(checkpoint_dir) / source / ckpt_io.LATEST
+    if tracking_off(tracking_uri):
+        if local.is_file():
+            return ckpt_io.load(local)
+        raise UserError(f"run {source}: tracking is off and {local} does not exist")
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():
         if local.is_file():

@@ -22,6 +22,7 @@ from metaorch.orchestrator.evaluation import Estimates, estimate
 from metaorch.orchestrator.preflight import check_tracking_uri, tracking_uri_for
 from metaorch.orchestrator.runs import resolve_checkpoint
 from metaorch.orchestrator.tracking import Tracker, client
+from metaorch.orchestrator.tracking_off import start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def log_nested(config: Config, uri: str, parent_run_id: str | None, name: str, l
     if parent_run_id is None:
         return None
     try:
-        child = Tracker.start(uri, config.tracking.experiment, run_name=name, parent_run_id=parent_run_id)
+        child = start_tracker(uri, config.tracking.experiment, run_name=name, parent_run_id=parent_run_id)
     except Exception as exc:  # tracking went away after training: keep the numbers, say so
         log.warning("%s not logged to %s: %s", name, uri, exc)
         return None

@@ -19,7 +19,7 @@ from metaorch.orchestrator.preflight import check_ray_address, check_tracking_ur
 from metaorch.orchestrator.runs import check_empty_run, resolve_checkpoint
 from metaorch.orchestrator.session import check_capacity, ray_session
 from metaorch.orchestrator.suites import EvalResult, evaluate
-from metaorch.orchestrator.tracking import Tracker
+from metaorch.orchestrator.tracking_off import start_tracker
 
 
 def train(
@@ -67,7 +67,7 @@ def train(
                 torch.set_rng_state(start.torch_rng)
             pool = runner.make_pool(config, size)
             try:
-                tracker = Tracker.start(
+                tracker = start_tracker(
                     uri,
                     config.tracking.experiment,
                     run_name=config.tracking.run_name,
