@@ -18,19 +18,10 @@ actor and the encoder as one flat vector, and :class:`PEARLPlan`); the driver's 
 :meth:`PEARL.update` on its own device. ``config.py`` holds the hyperparameters of both.
 """
 
-from metaorch.algorithms.rl.pearl.agent import (
-    PEARLPlan,
-    PEARLPolicy,
-    context_dim,
-    encoder_posterior,
-    kl_to_unit_gaussian,
-    make_context,
-    product_of_gaussians,
-    squash,
-)
+from metaorch.algorithms.rl.pearl.agent import PEARLPlan, PEARLPolicy, kl_to_unit_gaussian, make_context, product_of_gaussians, squash
 from metaorch.algorithms.rl.pearl.config import PEARLConfig
-from metaorch.algorithms.rl.pearl.replay import MultiTaskReplay, ReplayBuffer
+from metaorch.algorithms.rl.pearl.replay import ReplayBuffer
 from metaorch.algorithms.rl.pearl.sac import PEARL
 
-__all__ = ["PEARL", "PEARLConfig", "PEARLPlan", "PEARLPolicy", "MultiTaskReplay", "ReplayBuffer"]
-__all__ += ["context_dim", "encoder_posterior", "kl_to_unit_gaussian", "make_context", "product_of_gaussians", "squash"]
+__all__ = ["PEARL", "PEARLConfig", "PEARLPlan", "PEARLPolicy", "ReplayBuffer"]
+__all__ += ["kl_to_unit_gaussian", "make_context", "product_of_gaussians", "squash"]
