@@ -1,13 +1,14 @@
-# Two entry points on a fresh machine with Python 3.11 and pip:
+# Entry points on a fresh machine with Python 3.11 and pip:
 #   make demo   set up .venv and run the default job (MAML on sinusoids, local Ray, sqlite MLflow)
 #   make test   set up .venv and run the whole test suite
+#   make gpu-kit  the wheels a GPU machine without network needs, in .gpukit/ (see bench/gpu/check.sh)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench gpu-kit venv clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,9 @@ bench: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/rollout_speed.py
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/scaling.py
 	for r in bandit navigation-maml navigation-pearl half-cheetah; do RAY_AUTH_MODE=disabled $(BIN)/python bench/meta_rl_results.py $$r || exit 1; done
+
+gpu-kit: venv
+	$(BIN)/python bench/gpu/kit.py
 
 clean:
 	rm -rf $(VENV) checkpoints mlruns mlflow.db
