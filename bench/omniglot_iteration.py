@@ -4,6 +4,7 @@
   higher     one process, 2 torch threads, per-task ``higher.innerloop_ctx``, textbook Conv-4
   torchopt   one process, 2 torch threads, per-task ``torchopt.MetaSGD`` with state
              extract/recover (the TorchOpt MAML example), the same textbook Conv-4
+             (both also on a GPU: ``device``, as bench/gpu/conv4.py runs them)
   plain      one process, 2 threads, this project's MAML code, per-task loop and vmap
   orch       ``orchestrator.train`` with 2 Ray workers x 1 thread on the same 2 cores
 Target (issue 3): orch <= 0.6x the faster of higher and TorchOpt. The workers set glibc's
@@ -69,34 +70,43 @@ def batches(config: Config, iterations: int) -> list[dict[str, torch.Tensor]]:
     return [family.batch(descriptors(config.seed, "train", it, META_BATCH)) for it in range(iterations)]
 
 
-def with_higher(config: Config, iterations: int) -> list[float]:
+def _synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so a timing covers it (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def with_higher(config: Config, iterations: int, device: str = "cpu") -> list[float]:
     import higher
 
-    net = textbook_conv4()
+    net = textbook_conv4().to(device)
     meta_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     inner_opt = torch.optim.SGD(net.parameters(), lr=INNER_LR)
     times = []
     for batch in batches(config, iterations):
         t0 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in batch.items()}
         meta_opt.zero_grad()
         for i in range(META_BATCH):
             with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False) as (fnet, diffopt):
                 diffopt.step(F.cross_entropy(fnet(batch["support_x"][i]), batch["support_y"][i]))
                 (F.cross_entropy(fnet(batch["query_x"][i]), batch["query_y"][i]) / META_BATCH).backward()
         meta_opt.step()
+        _synchronize(device)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def with_torchopt(config: Config, iterations: int) -> list[float]:
+def with_torchopt(config: Config, iterations: int, device: str = "cpu") -> list[float]:
     import torchopt
 
-    net = textbook_conv4()
+    net = textbook_conv4().to(device)
     meta_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     inner_opt = torchopt.MetaSGD(net, lr=INNER_LR)
     times = []
     for batch in batches(config, iterations):
         t0 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in batch.items()}
         meta_opt.zero_grad()
         state = torchopt.extract_state_dict(net)
         for i in range(META_BATCH):
@@ -104,6 +114,7 @@ def with_torchopt(config: Config, iterations: int) -> list[float]:
             (F.cross_entropy(net(batch["query_x"][i]), batch["query_y"][i]) / META_BATCH).backward()
             torchopt.recover_state_dict(net, state)
         meta_opt.step()
+        _synchronize(device)
         times.append(time.perf_counter() - t0)
     return times
 
