@@ -139,11 +139,11 @@ def prepare_data(config: Config) -> None:
 
 def build_env_family(config: Config):
     """The config's meta-RL environment family (as trials when the method plays them); bad options exit 2."""
-    from metaorch.tasks.rl import EnvFamilyError  # gymnasium and MuJoCo load only for meta-RL jobs
+    from metaorch.tasks.rl import EnvFamilyError, make_family  # gymnasium and MuJoCo load only for meta-RL jobs
 
     t = config.task
     try:
-        return registry.task(t.name).builder()(t.name, t.trial_episodes, **t.options)
+        return make_family(registry.task(t.name).builder(), t.trial_episodes, **t.options)
     except EnvFamilyError as exc:
         raise UserError(f"task.options={config.task.options}: {exc}") from None
 

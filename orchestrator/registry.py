@@ -53,8 +53,8 @@ class Method:
 @dataclass(frozen=True)
 class TaskFamily:
     """A task family. ``build``: ``"module:Class"``, constructed with the ``task`` and ``data``
-    config fields its signature names (supervised); meta-RL: ``tasks.rl.make_family``, called
-    with the family's name, ``task.trial_episodes`` and ``task.options``."""
+    config fields its signature names (supervised); meta-RL: an ``EnvFamily`` class, built by
+    ``tasks.rl.make_family`` with ``task.trial_episodes`` and ``task.options``."""
 
     name: str
     problem: Problem
@@ -106,7 +106,7 @@ METHODS: dict[str, Method] = {
     )
 }
 
-_ENV = "metaorch.tasks.rl:make_family"  # the environment catalogue of tasks/rl, by name
+_ENV = "metaorch.tasks.rl"
 TASKS: dict[str, TaskFamily] = {
     t.name: t
     for t in (
@@ -115,13 +115,13 @@ TASKS: dict[str, TaskFamily] = {
             "omniglot", "classification", "metaorch.tasks.omniglot:OmniglotTasks", model="conv4",
             needs_data=True, shift=True, examples_per_class=20, suites=("omniglot-runs",),
         ),  # fmt: skip
-        TaskFamily("half_cheetah_vel", "rl", _ENV),
-        TaskFamily("half_cheetah_dir", "rl", _ENV),
-        TaskFamily("ant_dir", "rl", _ENV),
-        TaskFamily("ant_goal", "rl", _ENV),
-        TaskFamily("navigation_2d", "rl", _ENV),
-        TaskFamily("bandit", "rl", _ENV, discrete_actions=True),
-        TaskFamily("tabular_mdp", "rl", _ENV, discrete_actions=True),
+        TaskFamily("half_cheetah_vel", "rl", f"{_ENV}:HalfCheetahVel"),
+        TaskFamily("half_cheetah_dir", "rl", f"{_ENV}:HalfCheetahDir"),
+        TaskFamily("ant_dir", "rl", f"{_ENV}:AntDir"),
+        TaskFamily("ant_goal", "rl", f"{_ENV}:AntGoal"),
+        TaskFamily("navigation_2d", "rl", f"{_ENV}:Navigation2D"),
+        TaskFamily("bandit", "rl", f"{_ENV}:BernoulliBandits", discrete_actions=True),
+        TaskFamily("tabular_mdp", "rl", f"{_ENV}:TabularMDPs", discrete_actions=True),
     )
 }
 

@@ -1,8 +1,9 @@
 """Meta-RL task families on gymnasium environments, built from task descriptors.
 
-``make_family("half_cheetah_vel", high=3.0)`` gives a family; ``family.task(descriptor)``
-its task parameters; ``family.make(params)`` the environment. ``trial_episodes=n`` plays
-each task as an RL² trial of n episodes.
+``make_family(HalfCheetahVel, high=3.0)`` gives a family; ``family.task(descriptor)`` its
+task parameters; ``family.make(params)`` the environment. ``trial_episodes=n`` plays each
+task as an RL² trial of n episodes. Config names map to these classes in one place, the
+orchestrator's registry.
 """
 
 from __future__ import annotations
@@ -16,16 +17,11 @@ from metaorch.tasks.rl.navigation import Navigation2D
 from metaorch.tasks.rl.tabular import BernoulliBandits, TabularMDPs
 from metaorch.tasks.rl.trial import TrialEnv, TrialFamily
 
-FAMILIES: dict[str, type[EnvFamily]] = {
-    cls.name: cls for cls in (HalfCheetahVel, HalfCheetahDir, AntDir, AntGoal, Navigation2D, BernoulliBandits, TabularMDPs)
-}
 
-
-def make_family(name: str, trial_episodes: int | None = None, **options: Any) -> EnvFamily:
-    """The family registered as ``name`` with its ``options``; EnvFamilyError names what is wrong."""
-    if name not in FAMILIES:
-        raise EnvFamilyError(f"unknown environment family {name!r}; expected one of {sorted(FAMILIES)}")
-    cls = FAMILIES[name]
+def make_family(cls: type[EnvFamily], trial_episodes: int | None = None, **options: Any) -> EnvFamily:
+    """Family ``cls`` with its ``options`` (as trials of ``trial_episodes`` episodes if given);
+    EnvFamilyError names what is wrong."""
+    name = cls.name
     try:
         inspect.signature(cls).bind(**options)
     except TypeError:
@@ -41,7 +37,6 @@ __all__ = [
     "BernoulliBandits",
     "EnvFamily",
     "EnvFamilyError",
-    "FAMILIES",
     "HalfCheetahDir",
     "HalfCheetahVel",
     "Navigation2D",
