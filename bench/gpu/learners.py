@@ -8,8 +8,9 @@
               config's meta-batch of tasks)
 
 The episodes come from a plain RolloutWorker on the CPU, as the trainer's workers sample them;
-the learners are the classes the runners drive, built the way they build them. Each device
-does one untimed warm-up first. Without CUDA the CPU side prints and the exit status is 1.
+the learners are the classes the runners drive, built the way they build them. PEARL takes 5
+untimed updates first on each device, MAML-TRPO one untimed step on the GPU. Without CUDA the
+CPU side prints and the exit status is 1.
 
     python bench/gpu/learners.py [--pearl-updates 200] [--trpo-tasks 20]
 """
@@ -80,7 +81,8 @@ def trpo_seconds(devices: list[torch.device], tasks: int) -> dict[str, float]:
     per_task = [(o["pre"], o["post"]) for o in outputs]
     seconds = {}
     for device in devices:
-        MAMLTRPOLearner(build_policy(config, family), theta, config.rl.maml_trpo, device).update(per_task)  # warm-up
+        if device.type == "cuda":  # warm-up: the CUDA context and kernels
+            MAMLTRPOLearner(build_policy(config, family), theta, config.rl.maml_trpo, device).update(per_task)
         learner = MAMLTRPOLearner(build_policy(config, family), theta, config.rl.maml_trpo, device)
         _sync(device)
         t0 = time.perf_counter()
