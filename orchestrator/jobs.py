@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 from metaorch.orchestrator.config import Config, load_config, read_yaml_mapping
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.preflight import TIMEOUT_S, check_tracking_uri, redact, sqlite_path, tracking_uri_for
+from metaorch.orchestrator.tracking_off import tracking_off
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # the variable `ray job` reads too
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -160,6 +161,8 @@ def _config_in(config_path: str, working_dir: str) -> str:
 def tracking_uri(given: str | None, config: Config) -> str:
     """The URI the job logs to, as ``metaorch train`` would choose it, without a password in it."""
     uri = tracking_uri_for(given, config.tracking.uri)
+    if tracking_off(uri):  # submit creates the job's run before the job starts
+        raise UserError("tracking URI none: metaorch submit creates the job's MLflow run; give it a tracking store")
     if redact(uri) != uri:
         raise UserError(
             f"tracking URI {redact(uri)}: holds a password, which Ray would store with the job and show on "

@@ -11,10 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from metaorch.orchestrator import checkpoint as ckpt_io
+from metaorch.orchestrator import jobs
 from metaorch.orchestrator.config import load_config
+from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.preflight import check_tracking_uri
 from metaorch.orchestrator.runs import resolve_checkpoint
 from metaorch.orchestrator.tracking_off import METRICS_FILE, read_metrics
@@ -74,3 +77,10 @@ def test_config_and_preflight_accept_none(tmp_path, monkeypatch):
     assert load_config(str(tmp_path / "tiny.yaml"), ["tracking.uri=none"]).tracking.uri == "none"
     check_tracking_uri("none")
     assert list(tmp_path.iterdir()) == [tmp_path / "tiny.yaml"]
+
+
+def test_submit_refuses_tracking_off_before_it_contacts_anything():
+    """``metaorch submit`` creates the job's run in the tracking store first: with none there is no store."""
+    config = load_config(None, ["tracking.uri=none"])
+    with pytest.raises(UserError, match="tracking URI none: metaorch submit creates the job's MLflow run"):
+        jobs.tracking_uri(None, config)
