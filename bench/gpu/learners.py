@@ -12,7 +12,7 @@ the learners are the classes the runners drive, built the way they build them. P
 untimed updates first on each device, MAML-TRPO one untimed step on the GPU. Without CUDA the
 CPU side prints and the exit status is 1.
 
-    python bench/gpu/learners.py [--pearl-updates 200] [--trpo-tasks 20]
+    python bench/gpu/learners.py [--pearl-updates 100] [--trpo-tasks 20]
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def trpo_seconds(devices: list[torch.device], tasks: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pearl-updates", type=int, default=200, help="timed updates per device")
-    ap.add_argument("--pearl-tasks", type=int, default=16, help="training tasks whose episodes fill the replay")
+    ap.add_argument("--pearl-updates", type=int, default=100, help="timed updates per device")
+    ap.add_argument("--pearl-tasks", type=int, default=8, help="training tasks whose episodes fill the replay")
     ap.add_argument("--trpo-tasks", type=int, default=20, help="tasks in the MAML-TRPO step (the config's meta-batch)")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
