@@ -1,10 +1,12 @@
 """Second-order MAML on Conv-4 (5-way 1-shot, 15 queries, meta-batch 32) on one GPU, both sides in one run.
 
   trainer, GPU   ``orchestrator.train`` (tracking off) with 1, 2 and 4 workers sharing the GPU
-                 (workers.num_gpus 1, 0.5, 0.25); per-iteration times from the run's metrics.jsonl
+                 (workers.num_gpus 1, 0.5, 0.25), a chunk's tasks through vmap (a per-task loop
+                 launches 32x the kernels; 1 worker also with the loop, to show it); per-iteration
+                 times from the run's metrics.jsonl
   trainer, CPU   the same iteration with 2 1-thread workers (the target's 2 cores) and with one
                  per CPU core, no GPU at all (a child process with CUDA_VISIBLE_DEVICES empty, so
-                 the learner is on the CPU too)
+                 the learner is on the CPU too), with the loop (``vectorize: auto``'s choice for Conv-4)
   higher, TorchOpt  bench/omniglot_iteration.py's baselines, one process, on the GPU
 
 Targets (issue 16): trainer on one GPU >= 10x the trainer on 2 CPU cores and faster than the
@@ -39,7 +41,7 @@ from omniglot_iteration import META_BATCH, bench_config, summary, with_higher, w
 WARMUP = 3  # iterations dropped from each trainer run: CUDA context, cuDNN's algorithm search, Ray's first calls
 
 
-def trained(config: Config, workers: int, num_gpus: float) -> list[float]:
+def trained(config: Config, workers: int, num_gpus: float, vectorize: str = "loop") -> list[float]:
     """Per-iteration seconds of ``train`` with ``workers`` workers of ``num_gpus`` GPU each."""
     from metaorch.orchestrator.trainer import train
 
@@ -47,7 +49,9 @@ def trained(config: Config, workers: int, num_gpus: float) -> list[float]:
         w = config.workers.model_copy(update={"num_workers": workers, "num_gpus": num_gpus, "chunk_size": max(1, META_BATCH // workers)})
         tracking = config.tracking.model_copy(update={"uri": "none"})
         checkpoint = config.checkpoint.model_copy(update={"dir": tmp})
-        run = train(config.model_copy(update={"workers": w, "tracking": tracking, "checkpoint": checkpoint}), progress=False)
+        algorithm = config.algorithm.model_copy(update={"vectorize": vectorize})
+        update = {"workers": w, "tracking": tracking, "checkpoint": checkpoint, "algorithm": algorithm}
+        run = train(config.model_copy(update=update), progress=False)
         records = read_metrics(Path(run.checkpoint).parent / METRICS_FILE)
     return [r["time/iteration_s"] for r in records if "time/iteration_s" in r]
 
@@ -74,8 +78,9 @@ def main() -> None:
         gpu: dict[int, float] = {}
         if torch.cuda.is_available():
             config = bench_config(os.path.abspath(args.root), cache, args.iterations)
+            summary("trainer, GPU: 1 x 1 GPU, per-task loop", trained(config, 1, 1.0), WARMUP)
             for workers in (1, 2, 4):
-                gpu[workers] = summary(f"trainer, GPU: {workers} x {1 / workers:g} GPU", trained(config, workers, 1 / workers), WARMUP)
+                gpu[workers] = summary(f"trainer, GPU: {workers} x {1 / workers:g} GPU, vmap", trained(config, workers, 1 / workers, "vmap"), WARMUP)
             n = args.baseline_iterations
             hi = summary("higher, GPU (1 process)", with_higher(config, n, "cuda"), 1)
             to = summary("TorchOpt, GPU (1 process)", with_torchopt(config, n, "cuda"), 1)
