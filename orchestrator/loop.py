@@ -108,7 +108,7 @@ def run_loop(config: Config, runner: Runner, pool: WorkerPool, tracker: Tracker,
     o, w = config.outer, config.workers
     logged = _start_logging(config, tracker, first)
     bar = Progress(o.iterations, initial=first, enabled=progress)
-    done, last_saved = first, first
+    done, last_saved, last_path = first, first, None
     next_grow = time.monotonic() + w.grow_every_s
     workers_logged: dict[str, float] = {}
     started = time.perf_counter()
@@ -133,13 +133,13 @@ def run_loop(config: Config, runner: Runner, pool: WorkerPool, tracker: Tracker,
             if out_of_time(o, time.perf_counter() - started, time.perf_counter() - t0):
                 break
             if done % config.checkpoint.every == 0 and done < o.iterations:
-                save(config, tracker, done, runner)
-                last_saved = done
+                last_path, last_saved = save(config, tracker, done, runner), done
     except BaseException as exc:
         bar.close()
         if done > last_saved:
-            path = save(config, tracker, done, runner)
-            print(f"[metaorch] interrupted; saved checkpoint at iteration {done}: {path}", flush=True)
+            last_path = save(config, tracker, done, runner)
+        if last_path is not None:  # where to --resume from (a signal may land just after a periodic save)
+            print(f"[metaorch] interrupted; checkpoint at iteration {done}: {last_path}", flush=True)
         tracker.close(status="FAILED" if isinstance(exc, PoolExhausted) else "KILLED")
         raise
     bar.close()

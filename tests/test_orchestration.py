@@ -254,7 +254,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(workdir):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out
-    assert "saved checkpoint at iteration" in out
+    assert "interrupted; checkpoint at iteration" in out
     (latest,) = workdir.glob("checkpoints/*/latest.pt")
     saved = torch.load(latest, weights_only=True)
     assert saved["iteration"] > 0

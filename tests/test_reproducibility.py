@@ -50,7 +50,7 @@ def test_resume_after_sigterm_with_an_annealed_lr_equals_an_uninterrupted_run(ra
     (latest,) = workdir.glob("checkpoints/*/latest.pt")
     stopped_at = torch.load(latest, weights_only=True)["iteration"]
     assert 5 <= stopped_at < 300, f"stopped at {stopped_at}: the run must end after SIGTERM, not before"
-    assert f"saved checkpoint at iteration {stopped_at}" in out
+    assert f"interrupted; checkpoint at iteration {stopped_at}" in out
 
     config = load_config(workdir / "job.yaml")
     resumed = train(config, resume=str(latest), progress=False)
