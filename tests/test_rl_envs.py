@@ -266,3 +266,14 @@ def test_bad_family_names_and_options_are_clear():
         make_family("navigation_2d", horizon=0)
     with pytest.raises(EnvFamilyError, match="trial_episodes must be an integer >= 1"):
         make_family("bandit", trial_episodes=0)
+
+
+def test_mujoco_warnings_are_python_warnings_without_blank_lines(capfd):
+    """MuJoCo's own handler printed every model-compile warning with a blank line after it:
+    `--quiet` meta-RL runs showed workers' logs full of empty lines. Now a Python warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_family("half_cheetah_vel").make({"velocity": 1.0}).close()
+    out, err = capfd.readouterr()
+    assert "\n\n" not in out + err and not (out + err).startswith("\n"), repr(out + err)
+    assert any("MuJoCo: " in str(w.message) for w in caught), [str(w.message) for w in caught]

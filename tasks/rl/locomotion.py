@@ -14,8 +14,10 @@ v is the forward velocity the v5 environments report (``info["x_velocity"]``).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
@@ -24,6 +26,20 @@ from gymnasium.utils import EzPickle
 from metaorch.tasks.rl.base import EnvFamily, HorizonMixin, TaskParams, check_array, check_keys, check_number, check_option
 
 DIRECTIONS = (-1.0, 1.0)
+
+
+def _mujoco_warning(message: str) -> None:
+    """MuJoCo's own handler prints each warning with a blank line after it, once per model
+    compiled: a rollout worker's log filled with blank lines (gymnasium's v5 models set the
+    deprecated ``settotalmass``). As a Python warning it shows once per process."""
+    warnings.warn_explicit(f"MuJoCo: {message.strip()}", RuntimeWarning, "mujoco", 0, registry=_SHOWN)
+
+
+_SHOWN: dict[Any, Any] = {}  # the warnings registry: each message once per process
+
+
+if mujoco.get_mju_user_warning() is None:  # leave a handler the user installed alone
+    mujoco.set_mju_user_warning(_mujoco_warning)
 
 
 class HalfCheetahVelEnv(HorizonMixin, HalfCheetahEnv):
