@@ -16,10 +16,8 @@ import logging
 import os
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
-import zipfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +30,7 @@ from urllib.parse import urlparse
 
 from metaorch.orchestrator.config import Config, load_config, read_yaml_mapping
 from metaorch.orchestrator.errors import UserError
+from metaorch.orchestrator.packaging import code_package
 from metaorch.orchestrator.preflight import TIMEOUT_S, check_tracking_uri, redact, sqlite_path, tracking_uri_for
 from metaorch.orchestrator.tracking_off import tracking_off
 
@@ -43,7 +42,7 @@ EXCLUDES = [
     ".git/", ".venv/", ".pytest_cache/", "**/__pycache__/", "*.egg-info/", "build/",
     "mlflow.db", "mlruns/", "mlartifacts/", "checkpoints/",
     # The source tree's package stub: in the job's working directory it would shadow the
-    # complete package that travels in py_modules (see code_package).
+    # complete package that travels in py_modules (see packaging.code_package).
     "/metaorch/",
 ]  # fmt: skip
 ENV_VARS = {
@@ -109,42 +108,6 @@ def runtime_env(path: str | None) -> dict[str, Any]:
     except Exception as exc:  # Ray's own validation, here rather than after the upload
         raise UserError(f"{where}: {exc}") from None
     return env
-
-
-def code_package(build_dir: str | Path) -> Path:
-    """The metaorch package this process runs, as a directory for the job's ``py_modules``.
-
-    The job must run the submitter's code, not whatever version the cluster's image holds.
-    From a source tree (an editable install: the layers live in top-level folders) a wheel is
-    built and unpacked into ``build_dir``, so the package travels laid out as it installs;
-    an installed package is already laid out and travels as it is. It goes as a directory,
-    not as the wheel: Ray installs a wheel with pip and would pull in all of its dependencies.
-    """
-    import metaorch
-    import metaorch.algorithms
-
-    package = Path(metaorch.__file__).parent
-    if Path(metaorch.algorithms.__file__).parent.parent == package:
-        return package
-    unpacked = Path(build_dir) / "code"
-    with zipfile.ZipFile(source_wheel(Path(build_dir) / "wheel")) as whl:
-        whl.extractall(unpacked)
-    return unpacked / "metaorch"
-
-
-def source_wheel(wheel_dir: str | Path) -> Path:
-    """A wheel of the source tree this process imports metaorch from (an editable install)."""
-    import metaorch
-
-    root = Path(metaorch.__file__).parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "--wheel-dir", str(wheel_dir), str(root)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    built = sorted(Path(wheel_dir).glob(f"metaorch-{metaorch.__version__}-*.whl"))
-    if proc.returncode != 0 or not built:
-        raise UserError(f"building a wheel of {root} to ship with the job failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
-    return built[-1]
 
 
 def _config_in(config_path: str, working_dir: str) -> str:

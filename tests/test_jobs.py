@@ -275,7 +275,8 @@ def test_a_job_imports_the_submitters_code_not_the_clusters(services, tmp_path, 
     metaorch installed on the cluster (here: this checkout's editable install)."""
     from ray.job_submission import JobSubmissionClient
 
-    from metaorch.orchestrator.jobs import code_package, runtime_env
+    from metaorch.orchestrator.jobs import runtime_env
+    from metaorch.orchestrator.packaging import code_package
 
     job_api, _, _ = services
     monkeypatch.chdir(ROOT)

@@ -33,7 +33,7 @@ def test_the_model_loads_in_a_fresh_environment_with_only_its_requirements(ray_s
     import metaorch
     from mlflow.tracking import MlflowClient
 
-    from metaorch.orchestrator.jobs import source_wheel
+    from metaorch.orchestrator.packaging import source_wheel
     from metaorch.orchestrator.trainer import train
 
     wheels = tmp_path / "wheels"

@@ -148,7 +148,7 @@ def unmet(out: Path) -> list[str]:
 
 def metaorch_wheel(dest: Path) -> Path:
     """A wheel of this source tree, as ``metaorch submit`` ships it."""
-    from metaorch.orchestrator.jobs import source_wheel
+    from metaorch.orchestrator.packaging import source_wheel
 
     return source_wheel(dest)
 
