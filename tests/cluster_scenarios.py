@@ -24,22 +24,26 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.pop("RAY_ADDRESS", None)
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's tiny_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's tiny_config, faulty
 
 import ray  # noqa: E402
 import torch  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
+from ray.exceptions import GetTimeoutError, RayActorError  # noqa: E402
 
+import faulty  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from metaorch.orchestrator.components import build_components  # noqa: E402
 from metaorch.orchestrator.config import LearnerConfig, WorkersConfig  # noqa: E402
 from metaorch.orchestrator.learner import RemoteLearner  # noqa: E402
 from metaorch.orchestrator.session import learner_in_actor  # noqa: E402
+from metaorch.orchestrator.supervised import SupervisedRunner  # noqa: E402
 from metaorch.orchestrator.trainer import train  # noqa: E402
 from metaorch.workers.pool import NAME_PREFIX, Resources, WorkerPool  # noqa: E402
 
 # Dead nodes are noticed within ~10 s instead of Ray's default ~30 s (not faster: on a loaded
 # machine a live raylet's health checks lag, and a node wrongly marked dead is killed).
+FIRST_CHECKPOINT = 20  # the faults scenario's node changes come when a run has checkpointed this iteration
 FAST_FAILURE = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 10}
 
 
@@ -113,12 +117,16 @@ def _workers() -> set[str]:
     return {n for n in ray.util.list_named_actors() if n.startswith(NAME_PREFIX)}
 
 
-def _train_disturbed(config, action, delay_s: float) -> tuple[object, object]:
-    """Train in a thread; ``delay_s`` after its workers exist, run ``action(their names)`` here.
+def _train_disturbed(config, action, at: int, hold: Path) -> tuple[object, object]:
+    """Train in a thread; once it has checkpointed iteration ``at``, run ``action(its workers' names)``
+    here, holding the run back (tests/faulty.py's SlowWhile) until a worker beyond those is up.
 
-    The disruption runs in the main thread because ``Cluster.add_node`` installs signal handlers.
+    Triggered by progress and held back until the pool has reacted, the change lands mid-run on
+    a machine of any speed, so the run can be short. The disruption runs in the main thread
+    because ``Cluster.add_node`` installs signal handlers.
     """
     before = _workers()
+    seen = set(Path(config.checkpoint.dir).glob(f"*/ckpt_{at:08d}.pt"))
     out: dict = {}
 
     def run() -> None:
@@ -131,16 +139,36 @@ def _train_disturbed(config, action, delay_s: float) -> tuple[object, object]:
     thread.start()
     fired = None
     deadline = time.monotonic() + 300
-    while thread.is_alive() and time.monotonic() < deadline:
-        if _workers() - before:
-            time.sleep(delay_s)
-            fired = {"value": action(sorted(_workers() - before)), "at": time.monotonic(), "running": thread.is_alive()}
-            break
-        time.sleep(0.1)
+    try:
+        while thread.is_alive() and time.monotonic() < deadline:
+            if set(Path(config.checkpoint.dir).glob(f"*/ckpt_{at:08d}.pt")) - seen:
+                hold.touch()
+                mine = sorted(_workers() - before)
+                fired = {"value": action(mine), "at": time.monotonic(), "running": thread.is_alive()}
+                while thread.is_alive() and time.monotonic() < deadline and not _new_worker_up(set(mine), _workers() - before):
+                    time.sleep(0.1)
+                break
+            time.sleep(0.02)
+    finally:
+        hold.unlink(missing_ok=True)
     thread.join()
     if "error" in out:
         raise out["error"]
     return out["result"], fired
+
+
+def _new_worker_up(mine: set[str], now: set[str]) -> bool:
+    """A worker beyond the run's first ones (a replacement, or one on a new node) answers: the
+    next iteration puts it to work. A first replacement may die with the dead node's bundle; its
+    successor counts. (A run that ended before its replacement was placed could leave its
+    placement group rescheduling, holding CPUs the next run waits for.)"""
+    for name in sorted(now - mine):
+        try:
+            ray.get(ray.get_actor(name).info.remote(), timeout=1.0)
+            return True
+        except (RayActorError, GetTimeoutError, ValueError):  # died, still starting, or gone
+            continue
+    return False
 
 
 def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -150,7 +178,15 @@ def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def faults(workdir: Path, iterations: int) -> dict:
-    """Head (1 spare CPU) and two 1-CPU worker nodes; a 2-worker pool, one per node or so."""
+    """Head (1 spare CPU) and two 1-CPU worker nodes; a 2-worker pool, one per node or so.
+
+    Each change comes at the run's first checkpoint; the workers are slowed down from then
+    until the pool has reacted (a replacement, or a worker on the new node, is up), so
+    ``iterations`` only needs to leave a few past the first checkpoint.
+    """
+    ray.cloudpickle.register_pickle_by_value(faulty)  # the workers need not import tests/
+    hold = workdir / "hold"
+    SupervisedRunner.worker_build = staticmethod(functools.partial(faulty.slow_while_build, hold=str(hold), seconds=0.25))
     cluster = _cluster(
         {"num_cpus": 1, "_system_config": FAST_FAILURE}, [{"num_cpus": 1}, {"num_cpus": 1}]
     )
@@ -160,7 +196,7 @@ def faults(workdir: Path, iterations: int) -> dict:
 
     def config(**w):
         return tiny_config(outer={"iterations": iterations, "meta_batch": 8}, workers=workers | w, eval=quiet,
-                           checkpoint={"every": 10**6})
+                           checkpoint={"every": FIRST_CHECKPOINT})
 
     out: dict = {}
     t0 = time.monotonic()
@@ -177,7 +213,7 @@ def faults(workdir: Path, iterations: int) -> dict:
         return {"node": victim.node_id, "at": time.monotonic()}
 
     t0 = time.monotonic()
-    removed, fired = _train_disturbed(config(), kill_a_worker_node, 2.0)
+    removed, fired = _train_disturbed(config(), kill_a_worker_node, FIRST_CHECKPOINT, hold)
     out["removed"] = {
         "fired": fired is not None, "killed_before_end": bool(fired and fired["running"]),
         "seconds": time.monotonic() - t0, "restarts": removed.restarts,
@@ -188,7 +224,8 @@ def faults(workdir: Path, iterations: int) -> dict:
 
     # A node joins: an elastic pool (auto) grows onto it.
     t0 = time.monotonic()
-    grown, fired = _train_disturbed(config(num_workers="auto", grow_every_s=0.5), lambda _: cluster.add_node(num_cpus=1).node_id, 2.0)
+    grown, fired = _train_disturbed(config(num_workers="auto", grow_every_s=0.5), lambda _: cluster.add_node(num_cpus=1).node_id,
+                                    FIRST_CHECKPOINT, hold)
     out["added"] = {
         "fired": bool(fired and fired["running"]), "seconds": time.monotonic() - t0, "restarts": grown.restarts,
         "same_params": bool(torch.equal(reference.meta_params, grown.meta_params)),

@@ -1,4 +1,5 @@
-"""Test-only worker builds that misbehave on purpose: a straggler that sleeps on one task once.
+"""Test-only worker builds that misbehave on purpose: a straggler that sleeps on one task once,
+workers that die from an iteration on, workers slowed down while a file exists.
 
 Workers are separate processes, so "once" is a marker file: the first worker to build the
 chosen task creates it and sleeps; every later build of that task (the re-dispatched shard)
@@ -64,3 +65,25 @@ class DieFrom:
 def dying_build(config: Config, iteration: int):
     family, learner = build_components(config)
     return DieFrom(family, iteration), learner
+
+
+class SlowWhile:
+    """A task family that sleeps ``seconds`` per batch while ``hold`` exists: a test holds a run
+    back while it waits for the pool to react (a node's death or arrival), whatever this
+    machine's speed, so the run can be short and the change still lands mid-run."""
+
+    def __init__(self, family, hold: Path, seconds: float):
+        self._family, self._hold, self._seconds = family, hold, seconds
+
+    def __getattr__(self, name: str):
+        return getattr(self._family, name)
+
+    def batch(self, tasks: Sequence[TaskDescriptor], **kw):
+        if self._hold.exists():
+            time.sleep(self._seconds)
+        return self._family.batch(tasks, **kw)
+
+
+def slow_while_build(config: Config, hold: str, seconds: float):
+    family, learner = build_components(config)
+    return SlowWhile(family, Path(hold), seconds), learner
