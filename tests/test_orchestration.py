@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -115,33 +116,35 @@ def test_pool_reruns_the_shard_of_a_killed_worker(ray_session, transport):
         pool.shutdown()
 
 
-def _kill_a_worker_once_running(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL one metaorch worker process from outside, as a crash would."""
+def _kill_a_worker_at(checkpoint: Path, stop: threading.Event, killed: list[int]) -> None:
+    """Once a run has written ``checkpoint`` (progress, whatever this machine's speed), SIGKILL
+    one metaorch worker process from outside, as a crash would."""
+    seen = set(Path().glob(str(checkpoint)))
     while not stop.is_set():
-        names = sorted(n for n in ray.util.list_named_actors() if n.startswith(NAME_PREFIX))
-        if len(names) >= 2:
-            time.sleep(0.5)  # let a few iterations run first
+        if set(Path().glob(str(checkpoint))) - seen:
+            names = sorted(n for n in ray.util.list_named_actors() if n.startswith(NAME_PREFIX))
             pid = ray.get(ray.get_actor(names[-1]).info.remote())["pid"]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def test_worker_killed_mid_run_is_replaced_and_result_unchanged(ray_session, workdir):
-    config = tiny_config(outer={"iterations": 800, "meta_batch": 8}, eval={"at_end": False, "plot_tasks": 0, "val_every": 1000})
+    config = tiny_config(outer={"iterations": 100, "meta_batch": 8}, eval={"at_end": False, "plot_tasks": 0, "val_every": 1000},
+                         checkpoint={"every": 20})  # fmt: skip
     reference = _train(config)
     assert reference.restarts == 0
 
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_a_worker_once_running, args=(stop, killed))
+    killer = threading.Thread(target=_kill_a_worker_at, args=(Path("checkpoints/*/ckpt_00000020.pt"), stop, killed))
     killer.start()
     try:
         disturbed = _train(config)
     finally:
         stop.set()
         killer.join()
-    assert killed, "the run ended before a worker could be killed; make it longer"
+    assert killed, "the run ended before a worker could be killed"
     assert disturbed.restarts >= 1
     assert torch.equal(reference.meta_params, disturbed.meta_params)
 
