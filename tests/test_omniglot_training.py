@@ -4,6 +4,7 @@ beat chance (20% at 5-way) by a wide margin. Also the one-shot runs suite and da
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -44,55 +45,72 @@ METHODS = {
     "matching": ({"name": "matching"}, 20, {}),
     "siamese": ({"name": "siamese"}, 40, {}),
     "maml": ({"name": "maml", "inner_lr": 0.4}, 60, {}),
-    "fomaml": ({"name": "fomaml", "inner_lr": 0.4}, 250, {"eval": {"steps": [3]}}),
+    "fomaml": ({"name": "fomaml", "inner_lr": 0.4}, 100, {"eval": {"steps": [3]}}),
     "metasgd": ({"name": "metasgd", "inner_lr": 0.4}, 60, {}),
     "anil": ({"name": "anil", "inner_lr": 0.4}, 60, {}),
-    "snail": ({"name": "snail"}, 500, {}),
+    "snail": ({"name": "snail"}, 400, {}),
     # 4 instances per class in training; a chunk's sequences share the core's steps.
     "mann": ({"name": "mann"}, 900, {"task": {"queries": 3}, "outer": {"lr": 3e-3, "meta_batch": 16}, "workers": {"chunk_size": 8}}),
     # Nichol et al.'s recipe: inner Adam on mini-batches of support + queries ("train shots").
     "reptile": (
         {"name": "reptile", "inner_optimizer": "adam", "inner_lr": 0.001, "inner_steps": 5, "inner_batch": 10},
-        100,
+        60,
         {"task": {"queries": 9}, "outer": {"optimizer": "sgd", "lr": 1.0, "final_lr": 0.0}, "eval": {"steps": [5]}},
     ),
 }
 CHANCE = 0.2  # 5-way
 
 
+@pytest.fixture(scope="module")
+def trained(ray_session, omniglot_cache, tmp_path_factory):
+    """``trained(method)``: the method's config and its run, trained once per module (in a
+    directory of its own) so that the one-shot runs suite reuses the learning test's runs."""
+    root = tmp_path_factory.mktemp("omniglot-runs")
+    runs: dict[str, tuple[object, object]] = {}
+
+    def run(method: str) -> tuple[object, object]:
+        if method not in runs:
+            algorithm, iterations, sections = METHODS[method]
+            home = {"tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"}, "checkpoint": {"dir": str(root / "checkpoints")}}
+            config = omniglot_config(omniglot_cache, algorithm, iterations, **deep_merge(sections, home))
+            with contextlib.chdir(root):  # MLflow's artifact store too
+                runs[method] = config, train(config, progress=False)
+        return runs[method]
+
+    return run
+
+
 @pytest.mark.parametrize("method", list(METHODS))
-def test_method_learns_omniglot(method, ray_session, workdir, omniglot_cache) -> None:
+def test_method_learns_omniglot(method, trained) -> None:
     """The trained meta-test accuracy beats chance by a wide margin (its 95% CI lies above
     2x chance) and beats the same method at its initial parameters: a random Conv-4 plus a
     few SGD steps already classifies Omniglot well above chance, so chance alone proves little."""
-    algorithm, iterations, sections = METHODS[method]
-    config = omniglot_config(omniglot_cache, algorithm, iterations, **sections)
-    result = train(config, progress=False)
+    config, result = trained(method)
     key = "acc_5way_1shot" + (f"_step_{config.eval.steps[0]}" if registry.method(config.algorithm.name).adapts else "")
-    trained = result.test[key]
+    trained_acc = result.test[key]
 
     _, learner = build_components(config)
     tasks = descriptors(config.seed, "test", 0, config.eval.tasks)
     untrained = classification_test(config, learner, learner.init_meta_params(config.seed), tasks, config.eval.steps)[key]
-    print(f"{method}: trained {trained}, untrained {untrained}")
-    assert trained.mean - trained.ci95 > 2 * CHANCE, f"{method}: 5-way 1-shot accuracy {trained} (chance {CHANCE})"
-    assert trained.mean - trained.ci95 > untrained.mean + untrained.ci95, f"{method}: trained {trained}, untrained {untrained}"
+    print(f"{method}: trained {trained_acc}, untrained {untrained}")
+    assert trained_acc.mean - trained_acc.ci95 > 2 * CHANCE, f"{method}: 5-way 1-shot accuracy {trained_acc} (chance {CHANCE})"
+    assert trained_acc.mean - trained_acc.ci95 > untrained.mean + untrained.ci95, f"{method}: trained {trained_acc}, untrained {untrained}"
 
 
-def test_one_shot_runs_suite(ray_session, workdir, omniglot_cache) -> None:
+def test_one_shot_runs_suite(trained, workdir, omniglot_cache) -> None:
     """``metaorch eval --suite omniglot-runs`` on runs written in the original format from the
     held-out alphabet: one error rate per run, logged as a nested run; a 5-way MAML checkpoint
-    is refused on 20-way runs (exit 2) instead of guessing."""
+    is refused on 20-way runs (exit 2) instead of guessing. The runs are the learning test's."""
     from metaorch.tasks.omniglot import write_runs
 
     runs = write_runs(str(OMNIGLOT), workdir / "runs", runs=3, ways=20, seed=0, cache_dir=str(omniglot_cache))
-    proto = train(omniglot_config(omniglot_cache, {"name": "protonet"}, 20, eval={"at_end": False}), progress=False)
-    result = evaluate(proto.run_id, suite="omniglot-runs", runs=str(runs))
+    config, proto = trained("protonet")
+    result = evaluate(proto.run_id, suite="omniglot-runs", runs=str(runs), tracking_uri=config.tracking.uri, checkpoint_dir=config.checkpoint.dir)
     assert sorted(result.per_run) == ["run01", "run02", "run03"]
     assert result.estimates["runs_error_rate"].mean < 0.7, result.per_run  # chance: 0.95 at 20-way
     assert result.run_id is not None and result.parent_run_id == proto.run_id
 
-    maml = train(omniglot_config(omniglot_cache, {"name": "fomaml", "inner_lr": 0.4}, 1, eval={"at_end": False}), progress=False)
+    _, maml = trained("maml")
     cli = subprocess.run(
         [sys.executable, "-m", "metaorch.orchestrator.cli", "eval", str(maml.checkpoint), "--suite", "omniglot-runs", "--runs", str(runs)],
         capture_output=True, text=True, timeout=120,
