@@ -1,6 +1,7 @@
 """Bitwise reproducibility beyond the sinusoid MAML cases of test_orchestration.py: resume with
-an annealed learning rate and after SIGTERM, MAML-TRPO resume, and results independent of the
-worker count for Conv-4 MAML, ProtoNet, RL² and PEARL (all compared with ``torch.equal``)."""
+an annealed learning rate and after SIGTERM, and results independent of the worker count for
+Conv-4 MAML, ProtoNet, RL² and PEARL (all compared with ``torch.equal``). MAML-TRPO's resume is
+checked with its worker-count invariance in test_rl_training.py, on the same runs."""
 
 from __future__ import annotations
 
@@ -56,16 +57,6 @@ def test_resume_after_sigterm_with_an_annealed_lr_equals_an_uninterrupted_run(ra
     resumed = train(config, resume=str(latest), progress=False)
     straight = train(config, progress=False)
     assert resumed.iterations == straight.iterations == 300
-    assert torch.equal(straight.meta_params, resumed.meta_params)
-
-
-def test_maml_trpo_resume_equals_an_uninterrupted_run(ray_session, workdir):
-    def run(iterations: int, resume: str | None = None):
-        return train(rl_config(NAV, "maml_trpo", outer={"iterations": iterations}, eval=QUIET), resume=resume, progress=False)
-
-    straight = run(3)
-    resumed = run(3, resume=run(2).run_id)
-    assert resumed.iterations == 3
     assert torch.equal(straight.meta_params, resumed.meta_params)
 
 

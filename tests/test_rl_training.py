@@ -59,11 +59,20 @@ def test_maml_trpo_run_logs_curve_and_meta_test(ray_session, workdir):
     assert "adaptation_curve.png" in [a.path for a in c.list_artifacts(run.test_run_id)]
 
 
-def test_maml_trpo_does_not_depend_on_the_number_of_workers(ray_session, workdir):
-    one = train(rl_config(NAV, "maml_trpo", workers={"num_workers": 1}, eval=QUIET), progress=False)
-    two = train(rl_config(NAV, "maml_trpo", workers={"num_workers": 2}, eval=QUIET), progress=False)
+def test_maml_trpo_does_not_depend_on_the_number_of_workers_or_a_resume(ray_session, workdir):
+    """The runs serve both checks: 1 and 2 workers agree, and 1 iteration resumed to 2 equals 2 straight."""
+
+    def run(iterations: int, resume: str | None = None, **workers):
+        config = rl_config(NAV, "maml_trpo", outer={"iterations": iterations}, workers=workers, eval=QUIET)
+        return train(config, resume=resume, progress=False)
+
+    one, two = run(2, num_workers=1), run(2, num_workers=2)
     assert torch.equal(one.meta_params, two.meta_params)
-    assert not torch.equal(one.meta_params, train(rl_config(NAV, "maml_trpo", outer={"iterations": 1}, eval=QUIET), progress=False).meta_params)
+    first = run(1)
+    assert not torch.equal(one.meta_params, first.meta_params)
+    resumed = run(2, resume=first.run_id)
+    assert resumed.run_id == first.run_id and resumed.iterations == 2
+    assert torch.equal(two.meta_params, resumed.meta_params)
 
 
 @pytest.mark.parametrize("algorithm,task", [("rl2", {"name": "bandit", "trial_episodes": 10}), ("pearl", NAV)], ids=["rl2", "pearl"])
