@@ -1,4 +1,5 @@
-"""One real local Ray instance per test session; every test works in its own directory."""
+"""Session fixtures: one real local Ray instance, and one `ray start` head and one MLflow server
+for the tests that need them; every test works in its own directory."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -179,3 +181,90 @@ class MlflowServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
         self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_service(tmp_path_factory) -> MlflowServer:
+    """One ``mlflow server`` for every test of the session that only adds runs to it and reads them
+    back (runs have their own ids; a test that stops its server starts one of its own)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-service"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def user_pids(match) -> list[int]:
+    """This user's processes, other than this one, whose command line ``match`` accepts."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid == os.getuid() and match((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def stop_group(proc: subprocess.Popen, marker: str | None = None) -> None:
+    """SIGTERM the process group, SIGKILL what is left; then any process naming ``marker``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if marker:  # Ray's own processes (raylet, agents, workers) that left the group
+        for pid in user_pids(lambda cmd: marker in cmd):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # the GCS, for ``--address`` / ``ray.init``
+    job_api: str  # the dashboard's job API, for ``metaorch submit``
+    temp_dir: Path  # its session_latest/logs hold its workers' logs
+    env: dict[str, str]  # for CLI subprocesses: this environment's executables, no RAY_ADDRESS or tracking URI
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory) -> RayHead:
+    """One ``ray start --head`` on 127.0.0.1 (2 CPUs, job API on, its own temp dir and free ports)
+    for every test of the session that joins or submits to a running cluster; stopped at the end."""
+    root = tmp_path_factory.mktemp("ray-head")
+    gcs, dash, agent, client = free_ports(4)
+    temp_dir = Path(f"/tmp/ray-mt-{gcs}")  # short: Ray's socket paths must fit in 107 bytes
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"  # a job's `metaorch` is this environment's
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    log = root / "head.log"
+    job_api = f"http://127.0.0.1:{dash}"
+    with open(log, "wb") as out:
+        head = subprocess.Popen(
+            [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={gcs}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+             f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ("Ray runtime started" in log.read_text(errors="replace") and answers(f"{job_api}/api/version")):
+            assert head.poll() is None, f"ray start exited:\n{log.read_text(errors='replace')[-3000:]}"
+            assert time.monotonic() < deadline, f"not up after 120s:\n{log.read_text(errors='replace')[-2000:]}"
+            time.sleep(0.5)
+        yield RayHead(f"127.0.0.1:{gcs}", job_api, temp_dir, env)
+    finally:
+        stop_group(head, str(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,16 +1,15 @@
 """``metaorch submit`` and ``metaorch jobs`` against a real Ray head and a real MLflow server.
 
-The module starts, in parallel, ``ray start --head`` (dashboard and job API on 127.0.0.1, its
-own temp dir and free ports) and ``mlflow server`` on 127.0.0.1, and stops both at the end,
-failures included. Jobs upload this checkout (the repository root is the working directory)
-and train ``configs/sinusoid_maml.yaml`` shrunk with ``--set``.
+Both are the session's (tests/conftest.py: ``ray_head``, ``mlflow_service``): ``ray start --head``
+with its job API on 127.0.0.1 and ``mlflow server`` on 127.0.0.1. Jobs upload this checkout
+(the repository root is the working directory) and train ``configs/sinusoid_maml.yaml`` shrunk
+with ``--set``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +20,11 @@ import pytest
 
 from metaorch.orchestrator.jobs import wait_terminal
 from metaorch.orchestrator import cli
-from conftest import MlflowServer, answers, free_ports
+from conftest import user_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIG = "configs/sinusoid_maml.yaml"
-START_S = 120.0
 JOB_S = 300.0
 TINY = [
     "outer.iterations=20", "outer.meta_batch=4", "model.hidden=[8]",
@@ -34,20 +32,6 @@ TINY = [
     "eval.tasks=10", "eval.steps=[1]", "eval.val_every=10", "eval.val_tasks=4", "eval.plot_tasks=0",
     "checkpoint.every=10", "tracking.experiment=submit-e2e",
 ]  # fmt: skip
-
-
-def _pids(match) -> list[int]:
-    """This user's processes, other than this one, whose command line ``match`` accepts."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if entry.stat().st_uid == os.getuid() and match((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")):
-                found.append(int(entry.name))
-        except OSError:
-            continue  # gone meanwhile
-    return found
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -61,60 +45,10 @@ def _sets(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
-def _stop(proc: subprocess.Popen, marker: str | None = None) -> None:
-    """SIGTERM the process group, SIGKILL what is left; then any process naming ``marker``."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if marker:  # Ray's own processes (raylet, agents, workers) that left the group
-        for pid in _pids(lambda cmd: marker in cmd):
-            _signal(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    """(job API URL, MLflow URL, environment for CLI subprocesses)."""
-    root = tmp_path_factory.mktemp("jobs")
-    gcs, dash, agent, client, mlflow_port = free_ports(5)
-    temp_dir = f"/tmp/ray-mj-{gcs}"  # short: Ray's socket paths must fit in 107 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `metaorch` is this environment's
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
-    head_log = root / "head.log"
-    head: subprocess.Popen | None = None
-    server: MlflowServer | None = None
-    try:
-        with open(head_log, "wb") as out:
-            head = subprocess.Popen(
-                [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                 f"--port={gcs}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
-                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
-                 f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        server = MlflowServer(root, mlflow_port, env)
-        server.launch()
-        job_api, tracking = f"http://127.0.0.1:{dash}", server.url
-        deadline = time.monotonic() + START_S
-        while not ("Ray runtime started" in head_log.read_text(errors="replace") and answers(f"{job_api}/api/version") and server.healthy()):
-            assert head.poll() is None, f"ray start exited:\n{head_log.read_text(errors='replace')[-3000:]}"
-            assert time.monotonic() < deadline, f"not up after {START_S:.0f}s:\n{head_log.read_text()[-2000:]}\n{server.log.read_text()[-2000:]}"
-            time.sleep(0.5)
-        yield job_api, tracking, env
-    finally:
-        if head is not None:
-            _stop(head, temp_dir)
-        if server is not None:
-            server.stop()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+@pytest.fixture
+def services(ray_head, mlflow_service):
+    """(job API URL, MLflow URL, environment for CLI subprocesses): the session's head and server."""
+    return ray_head.job_api, mlflow_service.url, ray_head.env
 
 
 def _run_cli(capsys, argv: list[str]) -> tuple[int, str]:
@@ -132,7 +66,6 @@ def test_resume_passes_over_a_local_checkpoint_mlflow_never_got_and_logs_each_st
 
     Resuming must start from ``ckpt_20`` (the newest in MLflow: every step before it is there), not
     the newer local file, recompute 21-30 without logging them again, and go on to 40.
-    (Runs first: the in-process Ray instance starts before this module's head.)
     """
     from mlflow.tracking import MlflowClient
 
@@ -206,7 +139,7 @@ def test_submit_runs_the_job_and_the_run_reads_back_from_mlflow(services, capsys
 
 def _drivers(run_id: str) -> list[int]:
     """The job's driver: ``metaorch train ... --run-id RUN_ID`` (and the shell Ray started it in)."""
-    return _pids(lambda cmd: " train " in cmd and f"--run-id {run_id}" in cmd)
+    return user_pids(lambda cmd: " train " in cmd and f"--run-id {run_id}" in cmd)
 
 
 def _checkpointed(c, run_id: str) -> int:

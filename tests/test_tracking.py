@@ -1,6 +1,6 @@
 """MLflow tracking end to end: a real ``mlflow server``, the sqlite store, and a dead server.
 
-The server is started once for the module (sqlite backend, proxied local artifact store);
+The server is the session's (sqlite backend, proxied local artifact store);
 every check reads back through ``MlflowClient``, exactly what a user would see in the UI.
 """
 
@@ -14,19 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import MlflowServer, free_port, tiny_config
+from conftest import free_port, tiny_config
 from metaorch.orchestrator.components import build_components
 from metaorch.orchestrator.tracking import Tracker
 from metaorch.tasks import descriptors
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on a free local port; yields its URL and stops it at the end."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    try:
-        yield server.start(timeout_s=60).url
-    finally:
-        server.stop()
+@pytest.fixture
+def mlflow_server(mlflow_service) -> str:
+    """The session's ``mlflow server`` (tests/conftest.py): its URL."""
+    return mlflow_service.url
 
 
 # -- helpers -------------------------------------------------------------------------------
