@@ -92,7 +92,9 @@ class WorkersConfig(Section):
         2, description="actor count, or auto: as many as the cluster holds (up to max_workers), growing as nodes join"
     )
     max_workers: int | None = Field(None, ge=1, le=10_000, description="num_workers=auto: at most this many")
-    grow_every_s: float = Field(10.0, gt=0, description="num_workers=auto: how often to look for new nodes")
+    grow_every_s: float = Field(10.0, gt=0, description="a pool below num_workers (auto, min_workers): how often to look for new nodes")
+    min_workers: int | None = Field(None, ge=1, le=10_000, description="start once this many fit, growing as nodes join (default: num_workers; auto: 1)")
+    wait_for_nodes_s: float = Field(0.0, ge=0, description="how long to wait for an autoscaler to bring up min_workers before exit 2")
     placement: Literal["spread", "pack"] = Field(
         "spread", description="the workers' placement group: spread across nodes (default) or pack onto few"
     )
@@ -209,10 +211,13 @@ class Config(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
     def _transport_fits(self) -> None:
-        """The compiled graph has no per-shard timeout; inprocess is one worker, never re-run."""
+        """The compiled graph has no per-shard timeout; inprocess is one worker, never re-run; min_workers fits the pool."""
         w = self.workers
         if w.transport != "calls" and w.shard_timeout_s is not None:
             raise ValueError(f"workers.shard_timeout_s applies to workers.transport=calls, not workers.transport={w.transport}")
+        top = w.max_workers if w.num_workers == "auto" else w.num_workers
+        if w.min_workers is not None and top is not None and w.min_workers > top:
+            raise ValueError(f"workers.min_workers={w.min_workers} exceeds workers.{'max' if w.num_workers == 'auto' else 'num'}_workers={top}")
         if w.transport == "inprocess" and w.num_workers != 1:
             raise ValueError(f"workers.transport=inprocess computes one worker in the driver: workers.num_workers must be 1, not {w.num_workers}")
 

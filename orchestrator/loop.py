@@ -114,7 +114,7 @@ def run_loop(config: Config, runner: Runner, pool: WorkerPool, tracker: Tracker,
     started = time.perf_counter()
     try:
         for it in range(first, o.iterations):
-            if w.num_workers == "auto" and time.monotonic() >= next_grow:
+            if (w.num_workers == "auto" or pool.size < w.num_workers) and time.monotonic() >= next_grow:
                 pool.grow(target_workers(w, runner.reserved_gpus))  # new nodes: more workers, without waiting for them
                 next_grow = time.monotonic() + w.grow_every_s
             t0 = time.perf_counter()

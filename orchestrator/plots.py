@@ -68,3 +68,18 @@ def adaptation_curve(returns: Mapping[str, object], xlabel: str, first: int, tit
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def success_by_class(classes: Mapping[str, object], overall: object, title: str):
+    """Success rate with its 95% CI per task class (Estimates), and overall, as bars."""
+    names = [*classes, "overall"]
+    estimates = [*classes.values(), overall]
+    fig, ax = _pyplot().subplots(figsize=(max(4.0, 0.5 * len(names) + 1.5), 3.4))
+    ax.bar(range(len(names)), [e.mean for e in estimates], yerr=[e.ci95 for e in estimates], capsize=3,
+           color=[f"C{0 if n != 'overall' else 3}" for n in names])  # fmt: skip
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (mean, 95% CI over tasks)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

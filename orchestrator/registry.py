@@ -64,6 +64,7 @@ class TaskFamily:
     shift: bool = False  # task.shift (drawings moved) applies
     examples_per_class: int | None = None  # task.shots + task.queries may not exceed it
     discrete_actions: bool = False
+    success: bool = False  # episodes report info["success"]: success rates are logged beside returns
     suites: tuple[str, ...] = ()  # evaluation suites beside the meta-test (orchestrator.suites)
 
     def builder(self) -> Callable[..., Any]:
@@ -122,6 +123,7 @@ TASKS: dict[str, TaskFamily] = {
         TaskFamily("navigation_2d", "rl", f"{_ENV}:Navigation2D"),
         TaskFamily("bandit", "rl", f"{_ENV}:BernoulliBandits", discrete_actions=True),
         TaskFamily("tabular_mdp", "rl", f"{_ENV}:TabularMDPs", discrete_actions=True),
+        TaskFamily("metaworld", "rl", f"{_ENV}.metaworld:MetaWorld", success=True),
     )
 }
 

@@ -6,7 +6,9 @@ each on fresh episodes; RL², one trial per task, the return of each of its epis
 hidden state carries across them); PEARL, ``eval.episodes`` episodes, the first with z from
 the prior, each later one with z inferred from all the episodes before it and the mean
 action. Tasks are ``eval.tasks`` fresh test descriptors, or ``eval.task_params`` as given.
-The runs go through the rollout pool, so meta-test scales like training.
+The runs go through the rollout pool, so meta-test scales like training. Families that
+report success (Meta-World) add its rates per test class and overall (:mod:`orchestrator.success`);
+MAML-TRPO then runs Meta-World's protocol (:mod:`algorithms.rl.protocol`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from metaorch.orchestrator import registry
 from metaorch.orchestrator.components import build_env_family
 from metaorch.orchestrator.config import Config
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.evaluation import Estimate, estimate
+from metaorch.orchestrator.success import meta_test_estimates
 from metaorch.tasks.base import descriptors
 from metaorch.workers.rollout import RolloutPool, RolloutTask
 
@@ -61,4 +65,7 @@ def rl_meta_test(runner: type[RLRunner], config: Config, params: torch.Tensor, p
         estimates["return_trial"] = estimate(returns.sum(1))
     # paired: the same tasks before and after, so the gain's CI excludes the spread between tasks
     estimates |= {f"gain_{unit}_{k + first}": estimate(returns[:, k] - returns[:, 0]) for k in range(1, returns.shape[1])}
+    if registry.task(config.task.name).success:  # Meta-World's protocol: success of the evaluation episodes
+        labels = [family.label(family.task(t.descriptor) if t.params is None else t.params) for t in tasks]
+        estimates |= meta_test_estimates(*runner.test_success(config, outputs), labels)
     return estimates, returns

@@ -18,14 +18,17 @@ import torch
 from metaorch.algorithms.rl import PEARL, MAMLPlan, MAMLTRPOLearner, RL2Learner, RL2Plan
 from metaorch.algorithms.rl.maml_trpo import MAMLTestPlan
 from metaorch.algorithms.rl.pearl import PEARLPlan
+from metaorch.algorithms.rl.protocol import MAMLProtocolPlan
 from metaorch.algorithms.rl.rl2 import trial_episode_returns
+from metaorch.orchestrator import registry
 from metaorch.orchestrator.components import build_env_family, build_policy, build_rl
 from metaorch.orchestrator.config import Config
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.evaluation import Estimates
-from metaorch.orchestrator.plots import adaptation_curve
+from metaorch.orchestrator.plots import adaptation_curve, success_by_class
 from metaorch.orchestrator.rl_evaluation import curve, rl_meta_test, test_tasks
 from metaorch.orchestrator.runner import Runner
+from metaorch.orchestrator.success import trial_episode_success, training_metrics
 from metaorch.orchestrator.tracking import Tracker
 from metaorch.tasks.base import descriptors
 from metaorch.workers.rollout import RolloutPool
@@ -68,6 +71,24 @@ class RLRunner(Runner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    @staticmethod
+    def episode_success(config: Config, output: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Per point of an iteration (e.g. pre / post adaptation), its episodes' success (0/1)."""
+        raise NotImplementedError
+
+    @classmethod
+    def test_success(cls, config: Config, outputs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """Meta-test: the evaluation episodes' success and returns, each [tasks, episodes]."""
+        raise NotImplementedError
+
+    def success(self, tasks: list, outputs: list[dict[str, Any]]) -> dict[str, float]:
+        """An iteration's success rates, overall and per task class, where the family reports success."""
+        if not registry.task(self.config.task.name).success:
+            return {}
+        labels = [self.family.label(self.family.task(d)) for d in tasks]
+        per_output = [self.episode_success(self.config, o) for o in outputs]
+        return training_metrics({k: [p[k] for p in per_output] for k in per_output[0]}, labels)
+
     @classmethod
     def test_plan(cls, config: Config, family) -> Any:
         """The plan each held-out task runs."""
@@ -94,6 +115,9 @@ class RLRunner(Runner):
         tracker.log_metrics({f"test/{key}": est.mean for key, est in estimates.items()} | {f"test/{key}_ci95": est.ci95 for key, est in estimates.items()}, step=0)
         title = f"{config.algorithm.name} on {config.task.name}: {tasks} held-out tasks"
         tracker.log_figure(adaptation_curve({config.algorithm.name: points}, label, first, title), "adaptation_curve.png")
+        classes = {k.removeprefix("success/"): est for k, est in estimates.items() if k.startswith("success/")}
+        if classes:
+            tracker.log_figure(success_by_class(classes, estimates["success"], title), "success_by_class.png")
 
 
 def _sample(pool: RolloutPool, params: torch.Tensor, tasks: list, plan: Any, chunk_size: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -129,11 +153,24 @@ class MAMLTRPORunner(RLRunner):
         return {
             "train/return_pre": stats.pop("pre_return"),
             "train/return_post": stats.pop("post_return"),
-        } | {f"trpo/{k}": v for k, v in stats.items()} | timing
+        } | {f"trpo/{k}": v for k, v in stats.items()} | timing | self.success(tasks, outputs)
+
+    @staticmethod
+    def episode_success(config: Config, output: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {"pre": output["pre"].successes(), "post": output["post"].successes()}
 
     @classmethod
-    def test_plan(cls, config: Config, family) -> MAMLTestPlan:
-        return MAMLTestPlan(build_policy(config, family), config.rl.maml_trpo, max(config.eval.steps))
+    def test_plan(cls, config: Config, family) -> MAMLTestPlan | MAMLProtocolPlan:
+        """Families with success: Meta-World's protocol (adaptation rounds, then eval.episodes
+        episodes with the mean action); the curve's last point is those episodes."""
+        policy, c, steps = build_policy(config, family), config.rl.maml_trpo, max(config.eval.steps)
+        if registry.task(config.task.name).success:
+            return MAMLProtocolPlan(policy, c, steps, config.eval.episodes)
+        return MAMLTestPlan(policy, c, steps)
+
+    @classmethod
+    def test_success(cls, config: Config, outputs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        return np.stack([o["evaluation"].successes() for o in outputs]), np.stack([o["evaluation"].returns_to_success() for o in outputs])
 
     @classmethod
     def test_returns(cls, config: Config, outputs: list[dict[str, Any]]) -> np.ndarray:
@@ -159,7 +196,19 @@ class RL2Runner(RLRunner):
         tasks = descriptors(cfg.seed, "train", it, cfg.outer.meta_batch)
         outputs, timing = _sample(pool, self.worker_params(), tasks, self.plan, cfg.workers.chunk_size)
         stats = self.learner.update([o["trials"] for o in outputs])
-        return {"train/return": stats.pop("trial_return")} | {f"ppo/{k}": v for k, v in stats.items()} | timing
+        return {"train/return": stats.pop("trial_return")} | {f"ppo/{k}": v for k, v in stats.items()} | timing | self.success(tasks, outputs)
+
+    @staticmethod
+    def episode_success(config: Config, output: dict[str, Any]) -> dict[str, np.ndarray]:
+        s = trial_episode_success(output["trials"], config.task.trial_episodes)
+        return {"first": s[:, 0], "last": s[:, -1]}
+
+    @classmethod
+    def test_success(cls, config: Config, outputs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """The trial's last eval.episodes episodes are the evaluation (the ones before, adaptation)."""
+        n, k = config.task.trial_episodes, min(config.eval.episodes, config.task.trial_episodes)
+        success = np.concatenate([trial_episode_success(o["trials"], n)[:, -k:] for o in outputs])
+        return success, np.concatenate([trial_episode_returns(o["trials"], n)[:, -k:] for o in outputs])
 
     def state_dict(self) -> dict[str, Any]:
         return {"adam": self.learner.optimizer.state_dict(), "generator": self.learner.generator.get_state()}
@@ -213,7 +262,16 @@ class PEARLRunner(RLRunner):
         for key in ("prior_returns", "posterior_returns"):
             if key in outputs[0]:
                 metrics[f"train/return_{key.removesuffix('_returns')}"] = _mean(outputs, key)
-        return metrics
+        return metrics | self.success([self.tasks[i] for i in chosen], outputs)
+
+    @staticmethod
+    def episode_success(config: Config, output: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {k: output[k].successes() for k in ("prior", "posterior") if k in output}
+
+    @classmethod
+    def test_success(cls, config: Config, outputs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """The posterior episodes (z inferred, mean action) are the evaluation."""
+        return np.stack([o["posterior"].successes() for o in outputs]), np.stack([o["posterior"].returns_to_success() for o in outputs])
 
     def state_dict(self) -> dict[str, Any]:
         return self.pearl.state_dict(buffers=self.c.checkpoint_buffers)

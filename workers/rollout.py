@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from metaorch.algorithms.rl.trajectories import Plan, Policy, Trajectories
+from metaorch.algorithms.rl.trajectories import SUCCESS_KEY, Plan, Policy, Trajectories
 from metaorch.tasks.base import TaskDescriptor
 from metaorch.workers.barrier import Barrier, Request
 from metaorch.workers.chunks import chunk
@@ -162,6 +162,7 @@ class RolloutWorker:
         rewards = np.zeros((horizon, n), np.float32)
         log_probs = np.zeros((horizon, n), np.float32)
         terminated = np.zeros((horizon, n), bool)
+        success = np.zeros((horizon, n), np.float32)
         mask = np.zeros((horizon, n), np.float32)
         current = np.zeros((max(n, MIN_ROWS), d), np.float32)  # padded rows stay zero
         noise = np.zeros((horizon, max(n, MIN_ROWS), *self.act_shape), np.float32)
@@ -185,9 +186,10 @@ class RolloutWorker:
                 mask[t, active] = 1.0
                 still = []
                 for i in active:
-                    o, reward, term, trunc, _ = envs[i].step(to_env[i])
+                    o, reward, term, trunc, info = envs[i].step(to_env[i])
                     current[i] = o.reshape(-1) if isinstance(o, np.ndarray) else o
                     rewards[t, i] = reward
+                    success[t, i] = info.get(SUCCESS_KEY, 0.0)
                     if term:
                         terminated[t, i] = True
                     if not (term or trunc):
@@ -209,6 +211,7 @@ class RolloutWorker:
                     next_observations=np.ascontiguousarray(next_obs[:, cut]),
                     terminated=np.ascontiguousarray(terminated[:, cut]),
                     mask=np.ascontiguousarray(mask[:, cut]),
+                    success=np.ascontiguousarray(success[:, cut]),
                 )
             )
         return out

@@ -22,7 +22,10 @@ class Trajectories:
     """``E`` episodes of one task, time-major and padded to the horizon ``T``.
 
     ``mask`` is 1 on real steps and 0 after an episode ended; ``terminated`` marks true
-    terminal states (no bootstrapping), as opposed to the time limit.
+    terminal states (no bootstrapping), as opposed to the time limit. ``success`` is the
+    environment's ``info["success"]`` at each step (0 where it reports none, e.g. HalfCheetah):
+    the benchmarks that define success (Meta-World) count an episode as solved if it is 1 at
+    any step.
     """
 
     observations: np.ndarray  # [T, E, obs_dim] float32
@@ -32,6 +35,11 @@ class Trajectories:
     next_observations: np.ndarray  # [T, E, obs_dim] float32
     terminated: np.ndarray  # [T, E] bool
     mask: np.ndarray  # [T, E] float32
+    success: np.ndarray | None = None  # [T, E] float32; None: zeros (built without one)
+
+    def __post_init__(self) -> None:
+        if self.success is None:
+            self.success = np.zeros_like(self.rewards)
 
     @property
     def horizon(self) -> int:
@@ -44,6 +52,17 @@ class Trajectories:
     def returns(self) -> np.ndarray:
         """Undiscounted return of each episode, [E]."""
         return (self.rewards * self.mask).sum(0)
+
+    def successes(self) -> np.ndarray:
+        """1.0 for each episode that reported success at some step, else 0.0, [E]."""
+        return ((self.success * self.mask) > 0).any(0).astype(np.float64)
+
+    def returns_to_success(self) -> np.ndarray:
+        """Each episode's return up to and including its first successful step, [E]: the
+        return of an episode that terminates on success (Meta-World's evaluation episodes)."""
+        solved = (self.success * self.mask) > 0
+        before = np.cumsum(solved, 0) - solved  # successes strictly before each step
+        return (self.rewards * self.mask * (before == 0)).sum(0)
 
     def to_torch(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         # arrays from the object store are read-only; torch wants writable memory
@@ -69,6 +88,8 @@ class Policy(Protocol):
         """(actions, their log-probabilities, next state) for a batch of observations."""
         ...
 
+
+SUCCESS_KEY = "success"  # the info key rollout workers record into Trajectories.success
 
 # Roll out ``episodes`` episodes of the bound task with the policy at ``params``.
 Sample = Callable[[torch.Tensor, int], Trajectories]

@@ -56,6 +56,11 @@ class EnvFamily(ABC):
     def task(self, descriptor: TaskDescriptor) -> TaskParams:
         return self.sample(descriptor.rng())
 
+    def label(self, params: TaskParams) -> str | None:
+        """The task's class where a family has classes (Meta-World's environments), so that
+        results are also reported per class; None where it has none."""
+        return None
+
     def make(self, params: Mapping[str, Any]) -> gym.Env:
         return self.build(self.check(params))
 

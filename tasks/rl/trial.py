@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from metaorch.tasks.base import TaskDescriptor
 from metaorch.tasks.rl.base import EnvFamily, TaskParams, check_option
 
 
@@ -91,6 +92,12 @@ class TrialFamily(EnvFamily):
 
     def sample(self, rng: np.random.Generator) -> TaskParams:
         return self.inner.sample(rng)
+
+    def task(self, descriptor: TaskDescriptor) -> TaskParams:
+        return self.inner.task(descriptor)  # families that draw by split (Meta-World) keep doing so
+
+    def label(self, params: TaskParams) -> str | None:
+        return self.inner.label(params)
 
     def check(self, params: Any) -> TaskParams:
         return self.inner.check(params)
