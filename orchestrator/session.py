@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,13 +12,21 @@ import torch
 
 from metaorch.orchestrator.config import LearnerConfig, WorkersConfig
 from metaorch.orchestrator.errors import UserError
+from metaorch.workers import autoscale
+from metaorch.workers.slots import Resources
+
+NODES_POLL_S = 0.5  # how often a pool waiting for nodes looks at the cluster
 
 
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
-    """Reuse an existing connection (notebooks, tests), otherwise init and shut down after."""
+    """Reuse an existing connection (notebooks, tests), otherwise init and shut down after.
+    Either way the job's request to the autoscaler (:func:`check_capacity`) ends with it."""
     if ray.is_initialized():
-        yield
+        try:
+            yield
+        finally:
+            autoscale.release()
         return
     try:
         local = address in (None, "", "local")
@@ -34,6 +43,7 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
     try:
         yield
     finally:
+        autoscale.release()
         ray.shutdown()
 
 
@@ -49,29 +59,58 @@ def capacity(workers: WorkersConfig, reserved_gpus: float = 0.0) -> int:
 
 
 def target_workers(workers: WorkersConfig, reserved_gpus: float = 0.0) -> int:
-    """The pool size the cluster allows now: num_workers, or for ``auto`` what fits, up to max_workers."""
-    if workers.num_workers != "auto":
-        return workers.num_workers
-    return min(capacity(workers, reserved_gpus), workers.max_workers or 10_000)
+    """The pool size the cluster allows now: what fits, up to num_workers (auto: up to max_workers)."""
+    top = workers.num_workers if workers.num_workers != "auto" else workers.max_workers or 10_000
+    return min(capacity(workers, reserved_gpus), top)
+
+
+def fewest(workers: WorkersConfig) -> int:
+    """The workers a run needs to start: ``min_workers``, by default num_workers (auto: one)."""
+    if workers.min_workers is not None:
+        return workers.min_workers
+    return workers.num_workers if workers.num_workers != "auto" else 1
 
 
 def check_capacity(workers: WorkersConfig, reserved_gpus: float = 0.0) -> int:
-    """The pool's starting size; refuses a pool that could never be scheduled rather than wait forever.
+    """The pool's starting size, once the cluster holds :func:`fewest` workers; refuses a pool
+    that the cluster does not hold by then rather than wait forever.
 
-    A fixed ``num_workers`` must fit the cluster as it is now (an autoscaling cluster:
-    use ``auto``, which starts with what fits and grows as nodes join).
+    A cluster short of the pool is asked for its bundles (:func:`workers.autoscale.request`:
+    an autoscaler starts nodes for them) and watched for ``wait_for_nodes_s``; the run starts
+    as soon as ``fewest`` fit and the loop grows the pool onto the nodes that follow.
     """
+    need = fewest(workers)
+    want = workers.num_workers if workers.num_workers != "auto" else need
+    if capacity(workers, reserved_gpus) < want:
+        bundle = Resources(workers.num_cpus, workers.num_gpus).bundle()
+        autoscale.request([bundle] * want + ([{"GPU": reserved_gpus}] if reserved_gpus else []))
+        if workers.wait_for_nodes_s > 0 and capacity(workers, reserved_gpus) < need:
+            print(f"[metaorch] waiting up to {workers.wait_for_nodes_s:g}s for the cluster to hold {need} workers", flush=True)
+        deadline = time.monotonic() + workers.wait_for_nodes_s
+        while capacity(workers, reserved_gpus) < need and time.monotonic() < deadline:
+            time.sleep(NODES_POLL_S)
     have = ray.cluster_resources()
-    count = workers.num_workers if workers.num_workers != "auto" else 1
     for key, per, reserved in (("CPU", workers.num_cpus, 0.0), ("GPU", workers.num_gpus, reserved_gpus)):
-        need = per * count
-        if need > have.get(key, 0) - reserved + 1e-9:
-            field = f"workers.num_{key.lower()}s"
-            by = f"workers.num_workers={workers.num_workers}" if workers.num_workers != "auto" else "one worker (workers.num_workers=auto)"
-            extra = f" ({reserved:g} of them for the learner)" if reserved else ""
-            hint = "; workers.num_workers=auto starts with what fits and grows as nodes join" if workers.num_workers != "auto" else ""
-            raise UserError(f"{field}={per} x {by} needs {need:g} {key}; the Ray cluster has {have.get(key, 0):g}{extra}{hint}")
+        if per * need > have.get(key, 0) - reserved + 1e-9:
+            raise UserError(_short(workers, key, per, need, have.get(key, 0), reserved))
     return max(1, target_workers(workers, reserved_gpus))
+
+
+def _short(workers: WorkersConfig, key: str, per: float, need: int, have: float, reserved: float) -> str:
+    """The one line for a cluster that does not hold the pool's minimum: the fields, their values, the way out."""
+    if workers.min_workers is not None:
+        by = f"workers.min_workers={need}"
+    elif workers.num_workers == "auto":
+        by = "one worker (workers.num_workers=auto)"
+    else:
+        by = f"workers.num_workers={need}"
+    extra = f" ({reserved:g} of them for the learner)" if reserved else ""
+    waited = f" after waiting workers.wait_for_nodes_s={workers.wait_for_nodes_s:g}" if workers.wait_for_nodes_s > 0 else ""
+    hints = [] if workers.wait_for_nodes_s > 0 else ["set workers.wait_for_nodes_s to wait for an autoscaler"]
+    if workers.num_workers != "auto" and need > 1:
+        hints.append("lower workers.min_workers or use workers.num_workers=auto to start with what fits and grow as nodes join")
+    hint = "; " + "; ".join(hints) if hints else ""
+    return f"workers.num_{key.lower()}s={per} x {by} needs {per * need:g} {key}; the Ray cluster has {have:g}{extra}{waited}{hint}"
 
 
 def learner_in_actor(learner: LearnerConfig, workers: WorkersConfig) -> bool:
