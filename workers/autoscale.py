@@ -24,9 +24,14 @@ _requested = False  # this process has a request outstanding: release() has some
 
 
 def request(bundles: list[dict[str, float]]) -> None:
-    """Ask the autoscaler to scale until ``bundles`` fit (it replaces any earlier request)."""
+    """Ask the autoscaler to scale until ``bundles`` fit (it replaces any earlier request). A
+    request that fails is only a warning: the job still starts if its minimum fits."""
     global _requested
-    request_resources(bundles=bundles)
+    try:
+        request_resources(bundles=bundles)
+    except Exception as exc:
+        log.warning("could not ask the autoscaler for %d bundles: %s", len(bundles), exc)
+        return
     _requested = True
 
 
