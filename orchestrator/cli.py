@@ -55,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint-dir", default="checkpoints", help="local checkpoint root (default: checkpoints)")
     e.add_argument("--suite", default="meta-test", help="meta-test (fresh tasks, default) or omniglot-runs")
     e.add_argument("--runs", metavar="DIR_OR_ZIP", help="omniglot-runs: folder or zip of runNN/ folders in the original format")
+    e.add_argument("--register", metavar="NAME", help="register the run's model as a new version of NAME; alias champion moves to it if better")
 
     s = sub.add_parser("submit", help="run train as a Ray job on a cluster (uploads this directory)")
     s.add_argument("config", help="YAML config file inside the working directory")
@@ -128,13 +129,15 @@ def run(argv: list[str]) -> int:
 
     result = evaluate(
         args.source, tasks=args.tasks, steps=args.steps, tracking_uri=args.tracking_uri,
-        checkpoint_dir=args.checkpoint_dir, suite=args.suite, runs=args.runs,
+        checkpoint_dir=args.checkpoint_dir, suite=args.suite, runs=args.runs, register=args.register,
     )  # fmt: skip
     for name, error in (result.per_run or {}).items():
         print(f"{name}: error rate {100 * error:.1f}%")
     print_estimates(result.estimates)
     if result.run_id:
         print(f"logged as run {result.run_id}, nested under {result.parent_run_id}")
+    if result.registered:
+        print(result.registered)
     return 0
 
 

@@ -164,6 +164,9 @@ class CheckpointConfig(Section):
     dir: str = "checkpoints"
 
 
+MODEL_NAME = r"^[^/:]*[^/:\s][^/:]*$"  # an MLflow registered model's name: not blank, no / or :
+
+
 class TrackingConfig(Section):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = Field("metaorch", min_length=1)
@@ -171,6 +174,9 @@ class TrackingConfig(Section):
     log_every: int = Field(1, ge=1)
     buffer_max: int = Field(
         10_000, ge=1, description="metric steps held in memory while the server is unreachable; more go to disk until it is back"
+    )
+    register_as: str | None = Field(
+        None, pattern=MODEL_NAME, description="register the model under this name; alias champion moves to it if its meta-test is better"
     )
 
     @field_serializer("uri")

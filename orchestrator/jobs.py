@@ -234,7 +234,7 @@ def submit(
     if sqlite_path(uri) is not None or "://" not in uri or uri.startswith("file:"):
         print(f"note: the job logs to {uri}, a path: the job must run on this machine (use an http(s) tracking server otherwise)", file=sys.stderr)
 
-    from metaorch.orchestrator.tracking import client
+    from metaorch.orchestrator.tracking import client, experiment_for
 
     # Ray uploads the package during submit_job; the local copy is not needed after it.
     with tempfile.TemporaryDirectory(prefix="metaorch-code-") as build:
@@ -247,8 +247,7 @@ def submit(
             for k, v in tags.items():
                 mlflow.set_tag(run_id, k, v)
         else:
-            exp = mlflow.get_experiment_by_name(config.tracking.experiment)
-            experiment_id = exp.experiment_id if exp is not None else mlflow.create_experiment(config.tracking.experiment)
+            experiment_id = experiment_for(mlflow, config.tracking.experiment)
             run_id = mlflow.create_run(experiment_id, run_name=config.tracking.run_name, tags=tags).info.run_id
         url = run_url(uri, experiment_id, run_id)
 

@@ -155,6 +155,7 @@ def run_loop(config: Config, runner: Runner, pool: WorkerPool, tracker: Tracker,
             result.test = estimates
             result.test_run_id = log_nested(config, tracker.uri, tracker.run_id, "meta-test", lambda t: runner.log_meta_test(t, config, estimates))
         runner.finish(params, tracker)
+        tracker.log_model(config, params, done, result.test_run_id, result.test)
     except BaseException as exc:
         tracker.close(status="FAILED" if isinstance(exc, PoolExhausted) else "KILLED")
         raise

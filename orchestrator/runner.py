@@ -108,7 +108,7 @@ class Runner(ABC):
         """The meta-test's numbers (and figures) into its nested run."""
 
     def finish(self, params: torch.Tensor, tracker: Tracker) -> None:
-        """Artifacts of the trained run beside the meta-test (plots, the exported model)."""
+        """Artifacts of the trained run beside the meta-test and the model (plots)."""
 
     def close(self) -> None:
         """Release what ``start`` acquired (a learner actor)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from metaorch.orchestrator import registry
-from metaorch.orchestrator.config import Config
+from metaorch.orchestrator.config import MODEL_NAME, Config
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.evaluation import Estimates, estimate
 from metaorch.orchestrator.preflight import check_tracking_uri, tracking_uri_for
@@ -33,6 +34,7 @@ class EvalResult:
     run_id: str | None = None  # the nested MLflow run, if one was logged
     parent_run_id: str | None = None
     per_run: dict[str, float] | None = None  # omniglot-runs: error rate of each run
+    registered: str | None = None  # --register: the new version and where the alias is
 
 
 def log_nested(config: Config, uri: str, parent_run_id: str | None, name: str, log_fn: Callable[[Tracker], None]) -> str | None:
@@ -99,6 +101,19 @@ def _omniglot_runs(config: Config, meta_params: torch.Tensor, uri: str, parent: 
     return EvalResult(estimates, log_nested(config, uri, parent, "omniglot-runs", log_runs), parent, errors)
 
 
+def _register(uri: str, name: str, run_id: str, result: EvalResult, config: Config, ckpt) -> object:
+    """The run's logged model (logged now from the checkpoint if it has none), linked to this
+    evaluation's figures, as a new version of ``name``."""
+    from metaorch.orchestrator.model_logging import find_model, link_metrics, log_model
+    from metaorch.orchestrator.model_registry import register
+
+    c = client(uri)
+    model_id = find_model(c, run_id) or log_model(c, run_id, c.get_run(run_id).info.experiment_id, config, ckpt.meta_params, ckpt.iteration)
+    if result.run_id is not None:
+        link_metrics(c, model_id, result.run_id)
+    return register(c, name, model_id, run_id, config, result.estimates)
+
+
 _FAMILY_SUITES = {"omniglot-runs": _omniglot_runs}
 SUITES = ("meta-test", *_FAMILY_SUITES)
 
@@ -112,16 +127,21 @@ def evaluate(
     checkpoint_dir: str = "checkpoints",
     suite: str = "meta-test",
     runs: str | None = None,
+    register: str | None = None,
 ) -> EvalResult:
     """Meta-test a run or checkpoint, logged as a nested run of its training run.
 
     ``suite="meta-test"``: fresh tasks from the config's task family. ``"omniglot-runs"``:
     the one-shot runs at ``runs`` (a folder or zip in the original Omniglot format).
+    ``register``: the run's model becomes a new version of this registered model, with these figures
+    (:func:`orchestrator.model_registry.register`).
     """
     if suite not in SUITES:
         raise UserError(f"--suite {suite!r}: expected one of {', '.join(SUITES)}")
     if suite != "meta-test" and not runs:
         raise UserError(f"--suite {suite} needs --runs DIR_OR_ZIP")
+    if register is not None and (suite != "meta-test" or not re.match(MODEL_NAME, register)):
+        raise UserError(f"--register {register!r}: a registered model's name (not blank, no / or :), with --suite meta-test")
     uri = tracking_uri_for(tracking_uri, Config().tracking.uri)
     check_tracking_uri(uri)
     ckpt = resolve_checkpoint(source, uri, checkpoint_dir)
@@ -137,6 +157,11 @@ def evaluate(
         except Exception:
             log.warning("training run %s is not in %s; the evaluation is not logged", parent, uri)
             parent = None
+    if register is not None and parent is None:
+        raise UserError(f"--register {register}: the training run of {source} is not in the tracking store {uri}; nothing to register")
     if suite == "meta-test":
-        return _meta_test(config, ckpt.meta_params, uri, parent)
+        result = _meta_test(config, ckpt.meta_params, uri, parent)
+        if register is not None:
+            result.registered = str(_register(uri, register, parent, result, config, ckpt))
+        return result
     return _FAMILY_SUITES[suite](config, ckpt.meta_params, uri, parent, runs)

@@ -119,13 +119,12 @@ class SupervisedRunner(Runner):
             tracker.log_metrics({f"test/{key}": est.mean, f"test/{key}_ci95": est.ci95}, step=0)
 
     def finish(self, params: torch.Tensor, tracker: Tracker) -> None:
-        """Regression: predictions on a few test tasks (PNG); every method: the exported model."""
+        """Regression: predictions on a few test tasks (PNG). The model is the loop's (every runner's)."""
         e = self.config.eval
         if e.plot_tasks and self.family.loss == "mse":
             plot_tasks = descriptors(self.config.seed, "test", 1, e.plot_tasks)
             fig = regression_predictions(self.local, self.family, params, plot_tasks, self.config.algorithm.inner_steps)
             tracker.log_figure(fig, "predictions.png")
-        tracker.log_torch_model(self.local.export(params))
 
     def close(self) -> None:
         if self.learner is not None:

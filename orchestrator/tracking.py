@@ -67,6 +67,19 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, OSError) or type(exc).__name__ == "OperationalError"
 
 
+# The MLflow 3 UI opens an experiment in the view its kind names: "custom_model_development" is
+# "Machine learning" (runs, models, metrics), not "genai_development" (traces). The tag is read
+# as "mlflow.experimentKind" by the UI (enum ExperimentKind in mlflow/server/js) and set the same
+# way by mlflow/demo/generators/traces.py.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_for(c: Any, name: str) -> str:
+    """The id of experiment ``name``; created, tagged for the model-training view, if it does not exist."""
+    exp = c.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else c.create_experiment(name, tags=EXPERIMENT_TAGS)
+
+
 def ui_command(uri: str) -> str:
     """What to type to look at ``uri``: the ``mlflow`` next to this interpreter (the venv's)."""
     if uri.startswith(("http://", "https://")):
@@ -140,8 +153,7 @@ class Tracker:
             all_tags[_PARENT_TAG] = parent_run_id
             experiment_id = c.get_run(parent_run_id).info.experiment_id
         else:
-            exp = c.get_experiment_by_name(experiment)
-            experiment_id = exp.experiment_id if exp is not None else c.create_experiment(experiment)
+            experiment_id = experiment_for(c, experiment)
         run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
         return make(run.info.run_id, experiment_id)
 
@@ -179,29 +191,13 @@ class Tracker:
 
         self._queue.put(("call", upload))
 
-    def log_torch_model(self, module: Any, artifact_path: str = "model") -> None:
-        """An MLflow pytorch-flavour model under the run's artifacts; loads with mlflow.pytorch.load_model."""
+    def log_model(self, config: Any, meta_params: Any, step: int, test_run_id: str | None, estimates: Any) -> None:
+        """The run's final model as a LoggedModel, linked to the meta-test run, and registered when
+        ``tracking.register_as`` names a model (:class:`orchestrator.model_registry.Publication`)."""
+        from metaorch.orchestrator.model_registry import Publication
 
-        def upload() -> None:
-            import mlflow.pytorch
-            import torch
-
-            import metaorch
-
-            # We choose pickle knowingly (it keeps ``adapt``); mlflow.pytorch warns about it on every save.
-            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, artifact_path)
-                mlflow.pytorch.save_model(
-                    module,
-                    path,
-                    serialization_format="pickle",  # keeps the class, so ``adapt`` survives loading
-                    # the model's classes are metaorch's: a fresh environment needs this version of it
-                    pip_requirements=[f"metaorch=={metaorch.__version__}", f"torch=={torch.__version__.split('+')[0]}"],
-                )
-                self.client.log_artifacts(self.run_id, path, artifact_path)
-
-        self._queue.put(("call", upload))
+        publication = Publication(self.run_id, self.experiment_id, config, meta_params, step, test_run_id, estimates)
+        self._queue.put(("call", lambda: publication(self.client)))
 
     # -- the sink thread -----------------------------------------------------------------
     def _send_metrics(self, batch: list[tuple[dict[str, float], int, int]]) -> None:

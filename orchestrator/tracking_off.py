@@ -77,7 +77,7 @@ class NullTracker(Tracker):
 
         plt.close(figure)
 
-    def log_torch_model(self, module: Any, artifact_path: str = "model") -> None:
+    def log_model(self, config: Any, meta_params: Any, step: int, test_run_id: str | None, estimates: Any) -> None:
         pass
 
     def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
