@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,9 @@ from metaorch.tasks.base import TaskBatch
 
 
 class GradientBasedLearner(ABC):
-    """Meta-parameters: the model's weights, then the rule's own (Meta-SGD's rates), if any."""
+    """Meta-parameters: the model's weights, then the rule's own (Meta-SGD's rates), if any, then
+    the inner state the rule carries from one adaptation to the next (``carried_size`` floats, if
+    any): the outer optimizer steps all but that tail, which the driver replaces (Reptile)."""
 
     adapted: str | None = None  # the submodule the inner loop changes (ANIL: "head"); None: all
 
@@ -51,16 +54,21 @@ class GradientBasedLearner(ABC):
         self.transductive = transductive  # see algorithms/conv4.py
         self.classify = classify  # report query accuracy
         self.track_pre = track_pre  # also the query loss before adaptation: one more forward per task
+        self.carried_size = rule.carried_size(model.num_params)  # the rule's state kept after the meta-parameters
 
     def init_meta_params(self, seed: int) -> torch.Tensor:
         theta = self.model.init_params(seed)
-        return torch.cat([theta, self.rule.init_params(theta)])
+        return torch.cat([theta, self.rule.init_params(theta), theta.new_zeros(self.carried_size)])
 
     def weights(self, meta_params: torch.Tensor) -> torch.Tensor:
         return meta_params[: self.model.num_params]
 
     def rule_params(self, meta_params: torch.Tensor) -> torch.Tensor:
-        return meta_params[self.model.num_params :]
+        return meta_params[self.model.num_params : meta_params.shape[0] - self.carried_size]
+
+    def carried_state(self, meta_params: torch.Tensor) -> torch.Tensor:
+        """The inner state adaptations begin from (empty unless the rule carries one)."""
+        return meta_params[meta_params.shape[0] - self.carried_size :]
 
     # -- what a method defines ------------------------------------------------------------
     @abstractmethod
@@ -76,11 +84,16 @@ class GradientBasedLearner(ABC):
     ) -> torch.Tensor:
         """``steps`` steps of the rule from ``weights``; step j descends ``step_loss(w, j)``.
         With ``create_graph`` the result stays differentiable to second order."""
-        state = self.rule.begin(weights, learned)
+        return self.run_rule(step_loss, weights, self.rule.begin(weights, learned), steps, create_graph)[0]
+
+    def run_rule(
+        self, step_loss: Callable[[torch.Tensor, int], torch.Tensor], weights: torch.Tensor, state: Any, steps: int, create_graph: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """The inner loop of :meth:`descend` from a given rule state; returns the weights and the state."""
         for j in range(steps):
             g = inner_grad(lambda w: step_loss(w, j), weights, create_graph)  # noqa: B023 (called at once)
             weights, state = self.rule.step(weights, g, state)
-        return weights
+        return weights, state
 
     def predict(self, weights: torch.Tensor, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         """Query outputs; not transductive: batch-norm statistics from the support rows."""
@@ -132,4 +145,5 @@ class GradientBasedLearner(ABC):
         """The meta-initialisation as an ``nn.Module`` that can ``adapt`` itself (logged to MLflow)."""
         lrs = self.rule.export_lrs(self.rule_params(meta_params))
         net = self.model.to_module(self.weights(meta_params))
-        return MetaModel(net, lrs, self.inner_steps, self.loss_fn, self.rule.optimizer, self.adapted)
+        state = self.carried_state(meta_params).detach().clone() if self.carried_size else None
+        return MetaModel(net, lrs, self.inner_steps, self.loss_fn, self.rule.optimizer, self.adapted, state)

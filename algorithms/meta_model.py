@@ -27,6 +27,7 @@ class MetaModel(nn.Module):
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.mse_loss,
         inner_optimizer: str = "sgd",
         adapted: str | None = None,
+        inner_state: torch.Tensor | None = None,
     ):
         super().__init__()
         self.net = net
@@ -36,6 +37,8 @@ class MetaModel(nn.Module):
         self.loss_fn = loss_fn  # the learner's own (a torch.nn.functional function: pickles by name)
         self.inner_optimizer = inner_optimizer
         self.adapted = adapted  # ANIL: only the parameters under this submodule ("head") adapt
+        # Reptile with algorithm.carry_inner_state: the inner Adam's carried second moment and step count
+        self.inner_state = None if inner_state is None else inner_state.detach().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -45,8 +48,12 @@ class MetaModel(nn.Module):
         net = copy.deepcopy(self.net)
         params = [p for n, p in net.named_parameters() if self.adapted is None or n.startswith(self.adapted + ".")]
         steps = self.inner_steps if steps is None else steps
-        if self.inner_optimizer == "adam":  # Reptile: Adam with beta1 = 0, fresh state
+        if self.inner_optimizer == "adam":  # Reptile: Adam with beta1 = 0, fresh state unless one was carried
             opt = torch.optim.Adam(params, lr=float(self.inner_lrs), betas=(0.0, ADAM_BETA2), eps=ADAM_EPS)
+            if getattr(self, "inner_state", None) is not None:  # models saved before the field have none
+                moments = torch.split(self.inner_state[:-1], [p.numel() for p in params])
+                for p, v in zip(params, moments):
+                    opt.state[p] = {"step": self.inner_state[-1].clone(), "exp_avg": torch.zeros_like(p), "exp_avg_sq": v.view_as(p).clone()}
             for _ in range(steps):
                 opt.zero_grad()
                 self.loss_fn(net(x), y).backward()

@@ -76,7 +76,7 @@ def anil(config: Config, family: TaskFamily) -> ANIL:
 def reptile(config: Config, family: TaskFamily) -> Reptile:
     """``algorithm.inner_optimizer``: plain SGD, or Adam with beta1 = 0 (Nichol et al.)."""
     a = config.algorithm
-    rule = {"sgd": SGD, "adam": Adam}[a.inner_optimizer](a.inner_lr)
+    rule = Adam(a.inner_lr, carry=a.carry_inner_state) if a.inner_optimizer == "adam" else SGD(a.inner_lr)
     return Reptile(**_gradient(config, family, rule), inner_batch=a.inner_batch)
 
 

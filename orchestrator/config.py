@@ -69,6 +69,9 @@ class AlgorithmConfig(Section):
     inner_batch: int | None = Field(
         None, ge=1, description="Reptile: inner mini-batches cycling over support + queries (default: the support set, full batch)"
     )
+    carry_inner_state: bool = Field(
+        False, description="Reptile with inner_optimizer=adam: the inner Adam's state carries across tasks and iterations (supervised-reptile)"
+    )
     fce: bool = Field(False, description="Matching Networks: full context embeddings")
     track_pre: bool = Field(
         True, description="MAML family: also log the query loss/accuracy before adaptation (one more forward per task)"
@@ -248,6 +251,8 @@ class Config(Section):
         if not method.inner_optimizer and (self.algorithm.inner_optimizer != "sgd" or self.algorithm.inner_batch is not None):
             takers = ", ".join(m.name for m in registry.METHODS.values() if m.inner_optimizer)
             raise ValueError(f"algorithm.inner_optimizer and algorithm.inner_batch apply to {takers}, not algorithm.name={a!r}")
+        if self.algorithm.carry_inner_state and self.algorithm.inner_optimizer != "adam":
+            raise ValueError(f"algorithm.carry_inner_state keeps the inner Adam's state: it needs algorithm.inner_optimizer=adam, not {self.algorithm.inner_optimizer}")
         if not family.batch_norm and not self.model.transductive:
             raise ValueError(f"model.transductive=false applies to Conv-4 batch norm; the {t.name} MLP has none")
         if family.needs_data and self.data.root is None:

@@ -50,15 +50,23 @@ class SupervisedRunner(Runner):
         return self.reserved_gpus
 
     def start(self, params: torch.Tensor) -> None:
+        """The outer optimizer steps all but the tail the method carries (Reptile's inner state,
+        ``algorithm.carry_inner_state``): that tail is replaced each iteration by its task-ordered mean."""
         c = self.config
+        stepped = params.shape[0] - getattr(self.local, "carried_size", 0)
+        self.carried = params[stepped:].clone()
+        params = params[:stepped]
         self.learner = RemoteLearner(params, c.outer, c.learner.num_gpus) if self.remote else Learner(params, c.outer)
 
     def iteration(self, pool: WorkerPool, it: int) -> dict[str, float]:
         o = self.config.outer
         t0 = time.perf_counter()
         items = chunk(descriptors(self.config.seed, "train", it, o.meta_batch), self.config.workers.chunk_size)
-        reduced = reduce_in_order(pool.run(self.learner.snapshot(), items), len(items), o.meta_batch)
-        lr = self.learner.step(reduced.direction, it)
+        sent = np.concatenate([self.learner.snapshot(), self.carried.numpy()]) if self.carried.numel() else self.learner.snapshot()
+        reduced = reduce_in_order(pool.run(sent, items), len(items), o.meta_batch)
+        stepped = reduced.direction.shape[0] - self.carried.numel()
+        lr = self.learner.step(reduced.direction[:stepped], it)
+        self.carried = reduced.direction[stepped:].clone()
         metrics = {
             "train/loss_pre": float(reduced.pre_loss.mean()),  # nan when algorithm.track_pre is off
             "train/loss_post": float(reduced.post_loss.mean()),
@@ -75,7 +83,7 @@ class SupervisedRunner(Runner):
         e = self.config.eval
         if done % e.val_every and done != self.config.outer.iterations:
             return {}
-        params = self.learner.cpu_params()
+        params = self.worker_params()
         if self.family.loss == "mse":
             steps = self.config.algorithm.inner_steps
             return {"val/loss": meta_test(self.local, self.family, params, self.val_tasks, [steps], e.queries)[steps].mean}
@@ -90,7 +98,7 @@ class SupervisedRunner(Runner):
         return shown | {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}
 
     def worker_params(self) -> torch.Tensor:
-        return self.learner.cpu_params()
+        return torch.cat([self.learner.cpu_params(), self.carried])
 
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict()
