@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from metaorch.orchestrator import registry
+from metaorch.orchestrator import registry, tune
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.preflight import redact
 
@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_ID_OR_CHECKPOINT", help="continue a run from its last checkpoint")
     t.add_argument("--run-id", help="log into this existing, empty MLflow run (metaorch submit creates it)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    tune.add_parser(sub)
 
     e = sub.add_parser("eval", help="meta-test a run or checkpoint on fresh tasks")
     e.add_argument("source", metavar="RUN_ID_OR_CHECKPOINT")
@@ -67,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-wait", action="store_true", help="print the ids and return instead of following the logs")
     s.add_argument("--entrypoint-num-gpus", type=float, help="GPUs for the driver, e.g. 1 (with learner nodes)")
     s.add_argument("--entrypoint-resources", metavar="JSON", help='custom resources for the driver, e.g. \'{"learner": 1}\'')
+    tune.add_search_arguments(s, required=False)
 
     j = sub.add_parser("jobs", help="list, inspect, follow and stop submitted jobs")
     jsub = j.add_subparsers(dest="jobs_command", required=True)
@@ -100,6 +102,8 @@ def run(argv: list[str]) -> int:
         return 0
     if args.command in ("submit", "jobs"):
         return _jobs(args)
+    if args.command == "tune":
+        return tune.run_command(args)
 
     from metaorch.orchestrator.console import print_estimates
     from metaorch.orchestrator.tracking import ui_command
@@ -148,7 +152,7 @@ def _jobs(args: argparse.Namespace) -> int:
         return jobs.submit(
             args.config, address=args.address, overrides=args.overrides, runtime_env_file=args.runtime_env,
             tracking=args.tracking_uri, resume=args.resume, wait=not args.no_wait,
-            num_gpus=args.entrypoint_num_gpus, resources=args.entrypoint_resources,
+            num_gpus=args.entrypoint_num_gpus, resources=args.entrypoint_resources, search=tune.search_arguments(args),
         )  # fmt: skip
     if args.jobs_command == "list":
         return jobs.list_jobs(args.address)

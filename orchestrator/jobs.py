@@ -220,6 +220,7 @@ def submit(
     wait: bool = True,
     num_gpus: float | None = None,
     resources: str | None = None,
+    search: list[str] | None = None,  # metaorch tune's arguments (--space FILE ...): the job searches, in the run made here
 ) -> int:
     address = job_address(address)
     config = load_config(config_path, overrides)
@@ -227,6 +228,10 @@ def submit(
     relative = _config_in(config_path, env["working_dir"])
     uri = tracking_uri(tracking, config)
     entry_resources = _resources(resources)
+    if search is not None:  # SPACE.yaml travels in the working dir, like the config
+        if resume is not None:
+            raise UserError(f"--resume {resume}: continues a training run; --space starts a new search")
+        search = [search[0], _config_in(search[1], env["working_dir"]), *search[2:]]
     if resume is not None and not _RUN_ID.match(resume):
         raise UserError(f"--resume {resume!r}: expected an MLflow run id (a local checkpoint file is not uploaded with the job)")
     jobs = connect(address)
@@ -251,7 +256,7 @@ def submit(
             run_id = mlflow.create_run(experiment_id, run_name=config.tracking.run_name, tags=tags).info.run_id
         url = run_url(uri, experiment_id, run_id)
 
-        command = ["python", "-m", "metaorch", "train", relative, "--tracking-uri", uri, *(("--resume", run_id) if resume else ("--run-id", run_id))]
+        command = ["python", "-m", "metaorch", "tune" if search else "train", relative, *(search or []), "--tracking-uri", uri, *(("--resume", run_id) if resume else ("--run-id", run_id))]
         command += [a for o in overrides for a in ("--set", o)]
         try:
             jobs.submit_job(

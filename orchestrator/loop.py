@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,10 +101,14 @@ def sigterm_as_exit() -> Iterator[None]:
 _WORKER_METRICS = {"workers/restarts": 0, "workers/stragglers": 0, "workers/active": -1}  # as last logged, at the start
 
 
-def run_loop(config: Config, runner: Runner, pool: WorkerPool, tracker: Tracker, first: int, progress: bool) -> RunResult:
+def run_loop(
+    config: Config, runner: Runner, pool: WorkerPool, tracker: Tracker, first: int, progress: bool,
+    report: Callable[[int, dict[str, float]], None] | None = None,
+) -> RunResult:  # fmt: skip
     """Iterations ``first`` .. ``outer.iterations``, then the final checkpoint, the meta-test
     (a nested run) and the runner's artifacts. Interrupted, or the pool out of restarts: a
-    checkpoint of the iterations done, and the run ends KILLED (FAILED for the pool)."""
+    checkpoint of the iterations done, and the run ends KILLED (FAILED for the pool).
+    ``report(done, metrics)`` hears every iteration's metrics (a Ray Tune trial's hook)."""
     o, w = config.outer, config.workers
     logged = _start_logging(config, tracker, first)
     bar = Progress(o.iterations, initial=first, enabled=progress)
@@ -129,6 +133,8 @@ def run_loop(config: Config, runner: Runner, pool: WorkerPool, tracker: Tracker,
             if done % config.tracking.log_every == 0 or done == o.iterations or validation or changed:
                 workers_logged.update(changed)
                 tracker.log_metrics({k: v for k, v in metrics.items() if (k, done) not in logged}, step=done)
+            if report is not None:
+                report(done, metrics)
             bar.update(done, runner.shown(metrics))
             if out_of_time(o, time.perf_counter() - started, time.perf_counter() - t0):
                 break

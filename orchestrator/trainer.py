@@ -8,6 +8,7 @@ it), the worker pool and the MLflow run, and hands them to the loop shell.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -30,11 +31,13 @@ def train(
     tracking_uri: str | None = None,
     progress: bool = True,
     run_id: str | None = None,
+    report: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RunResult:
     """Meta-train as ``config`` says; returns the run with its final meta-parameters.
 
     ``run_id``: log into this existing, still empty run (``metaorch submit`` creates the run
-    so that it can print its URL before the job starts).
+    so that it can print its URL before the job starts). ``report(done, metrics)``: called
+    after every iteration (``metaorch tune`` reports validation figures to Ray Tune so).
     """
     uri = tracking_uri_for(tracking_uri, config.tracking.uri)
     address = address or os.environ.get("RAY_ADDRESS") or config.ray.address
@@ -76,7 +79,7 @@ def train(
                     spill_root=config.checkpoint.dir,
                 )
                 with sigterm_as_exit():
-                    return run_loop(config, runner, pool, tracker, start.iteration if start else 0, progress)
+                    return run_loop(config, runner, pool, tracker, start.iteration if start else 0, progress, report)
             finally:
                 pool.shutdown()
         finally:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, get_current_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 Placement = Literal["spread", "pack"]
@@ -46,6 +46,14 @@ class Resources:
 
 class PoolExhausted(RuntimeError):
     """More worker deaths than ``max_restarts`` allows, or no worker could be started."""
+
+
+def enclosing_group(count: int) -> PlacementGroup | None:
+    """The placement group this process runs in when it holds ``count`` bundles after its own first
+    one: a Ray Tune trial (``metaorch tune``) reserves its workers' bundles so. The workers go
+    there; a group of their own would wait for the resources the trial already holds."""
+    group = get_current_placement_group()
+    return group if group is not None and len(group.bundle_specs) == count + 1 else None
 
 
 @dataclass
@@ -79,11 +87,12 @@ class ActorSlots:
         self._groups: list[PlacementGroup] = []
         self._pending_group: PlacementGroup | None = None
         self.slots: list[Slot] = []
-        group = self._new_group(count)
+        inside = enclosing_group(count) if resources.bundle() else None
+        group = inside or self._new_group(count)
         if group is not None and not group.wait(start_timeout_s):
             self.shutdown()
             raise PoolExhausted(f"{count} worker bundles {resources.bundle()} not placed within {start_timeout_s:.0f}s")
-        self._add(group, count)
+        self._add(group, count, first=1 if inside else 0)
         try:
             ray.get([s.joining for s in self.slots], timeout=start_timeout_s)
         except Exception:
@@ -124,8 +133,8 @@ class ActorSlots:
         self._groups.append(group)
         return group
 
-    def _add(self, group: PlacementGroup | None, count: int) -> None:
-        for bundle in range(count):
+    def _add(self, group: PlacementGroup | None, count: int, first: int = 0) -> None:
+        for bundle in range(first, first + count):
             self.slots.append(Slot(group, bundle, None, None))
             self._start(len(self.slots) - 1)
 
