@@ -1,7 +1,17 @@
-"""Meta-test and meta-validation: post-adaptation loss after k inner steps, with a 95% CI."""
+"""Meta-test and meta-validation: post-adaptation loss after k inner steps, with a 95% CI.
+
+The episodic methods (Prototypical, Matching, Siamese, MANN, SNAIL) are meta-tested without
+transduction: Conv-4's batch norm takes its statistics from the support set, so no query
+influences another's prediction, as Snell et al. and Vinyals et al. test (their batch norm
+uses running statistics at test time; ours keeps none). That is the headline figure; a run
+trained with ``model.transductive=true`` also gets the transductive one beside it, under the
+same key with ``_transductive`` appended. The gradient-based methods keep their config's
+setting (transductive, as Finn et al. test MAML).
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,6 +125,21 @@ def setting_name(ways: int, shots: int, steps: int | None) -> str:
     return f"acc_{ways}way_{shots}shot" + ("" if steps is None else f"_step_{steps}")
 
 
+TRANSDUCTIVE = "_transductive"  # the suffix of the transductive figures beside the headline ones
+
+
+def evaluation_modes(config, learner: FewShotClassifier) -> list[tuple[str, FewShotClassifier]]:
+    """(key suffix, learner) of each way a classifier is meta-tested: episodic methods without
+    transduction first (the headline), then as trained if that was transductive; others as trained."""
+    from metaorch.orchestrator import registry
+
+    if not isinstance(learner, EpisodicLearner) or not learner.transductive:
+        return [("", learner)]
+    inductive = copy.copy(learner)  # shares the model; only the batch-norm switch differs
+    inductive.transductive = False
+    return [("", inductive), (TRANSDUCTIVE, learner)] if registry.task(config.task.name).batch_norm else [("", learner)]
+
+
 def classification_test(
     config,
     learner: FewShotClassifier,
@@ -123,7 +148,7 @@ def classification_test(
     steps: Sequence[int],
 ) -> Estimates:
     """Accuracy at every (ways, shots[, steps]) of ``eval``, plus the method's own metrics
-    (MANN's accuracy by instance) at the training setting."""
+    (MANN's accuracy by instance) at the training setting, in each of :func:`evaluation_modes`."""
     from metaorch.orchestrator import registry
     from metaorch.orchestrator.components import build_family
 
@@ -131,15 +156,16 @@ def classification_test(
     adapts = registry.method(config.algorithm.name).adapts
     step_list: list[int | None] = list(steps) if adapts else [None]
     out: Estimates = {}
-    for ways in e.ways or [t.ways]:
-        for shots in e.shots or [t.shots]:
-            family = build_family(config, ways=ways, shots=shots, queries=e.queries)
-            accs = accuracies(learner, family, meta_params, tasks, step_list, e.queries)
-            for i, s in enumerate(step_list):
-                out[setting_name(ways, shots, s)] = estimate(accs[:, i])
-    if not adapts:
-        family = build_family(config, queries=e.queries)
-        for name, values in episode_metrics(learner, family, meta_params, tasks, e.queries).items():
-            if name != "accuracy":
-                out[name] = estimate(values)
+    for suffix, tested in evaluation_modes(config, learner):
+        for ways in e.ways or [t.ways]:
+            for shots in e.shots or [t.shots]:
+                family = build_family(config, ways=ways, shots=shots, queries=e.queries)
+                accs = accuracies(tested, family, meta_params, tasks, step_list, e.queries)
+                for i, s in enumerate(step_list):
+                    out[setting_name(ways, shots, s) + suffix] = estimate(accs[:, i])
+        if not adapts:
+            family = build_family(config, queries=e.queries)
+            for name, values in episode_metrics(tested, family, meta_params, tasks, e.queries).items():
+                if name != "accuracy":
+                    out[name + suffix] = estimate(values)
     return out

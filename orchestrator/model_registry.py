@@ -24,7 +24,7 @@ import torch
 
 from metaorch.orchestrator import registry
 from metaorch.orchestrator.config import Config
-from metaorch.orchestrator.evaluation import Estimates, setting_name
+from metaorch.orchestrator.evaluation import TRANSDUCTIVE, Estimates, setting_name
 from metaorch.orchestrator.model_logging import link_metrics, log_model
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def headline(config: Config, estimates: Estimates) -> Headline:
         steps = max(config.eval.steps) if registry.method(config.algorithm.name).adapts else None
         key = setting_name(config.task.ways, config.task.shots, steps)
         if key not in estimates:  # eval.ways / eval.shots leave out the trained setting
-            key = [k for k in estimates if str(k).startswith("acc_")][-1]
+            key = [k for k in estimates if str(k).startswith("acc_") and not str(k).endswith(TRANSDUCTIVE)][-1]
         return Headline(f"test/{key}", estimates[key].mean, True)
     key = "return_trial" if "return_trial" in estimates else [k for k in estimates if str(k).startswith("return_")][-1]
     return Headline(f"test/{key}", estimates[key].mean, True)

@@ -19,7 +19,7 @@ import torch
 from metaorch.orchestrator import registry
 from metaorch.orchestrator.config import MODEL_NAME, Config
 from metaorch.orchestrator.errors import UserError
-from metaorch.orchestrator.evaluation import Estimates, estimate
+from metaorch.orchestrator.evaluation import Estimates, estimate, evaluation_modes
 from metaorch.orchestrator.preflight import check_tracking_uri, tracking_uri_for
 from metaorch.orchestrator.runs import resolve_checkpoint
 from metaorch.orchestrator.tracking import Tracker, client
@@ -80,7 +80,6 @@ def _omniglot_runs(config: Config, meta_params: torch.Tensor, uri: str, parent: 
         raise UserError(f"--runs {runs}: {exc}") from None
     _, learner = build_components(config)
     steps, any_ways = config.eval.steps, registry.method(config.algorithm.name).any_ways
-    errors = {}
     for run in loaded:
         ways = run.support_x.shape[0]
         if not any_ways and ways != config.task.ways:
@@ -88,15 +87,22 @@ def _omniglot_runs(config: Config, meta_params: torch.Tensor, uri: str, parent: 
                 f"--runs {runs}: {run.name} is {ways}-way, but {config.algorithm.name} was trained "
                 f"{config.task.ways}-way (task.ways) and has an output layer of that size"
             )
-        episode = {k: v[0] for k, v in run.to_batch().items()}
-        logits = learner.query_logits(meta_params, episode["support_x"], episode["support_y"], episode["query_x"], steps[-1])
-        errors[run.name] = float((logits.argmax(-1) != episode["query_y"]).float().mean())
-    estimates: Estimates = {"runs_error_rate": estimate(np.array(list(errors.values())))}
+    by_mode = {}  # episodic methods: without transduction (the headline), then as trained (evaluation_modes)
+    for suffix, tested in evaluation_modes(config, learner):
+        by_mode[suffix] = {}
+        for run in loaded:
+            episode = {k: v[0] for k, v in run.to_batch().items()}
+            logits = tested.query_logits(meta_params, episode["support_x"], episode["support_y"], episode["query_x"], steps[-1])
+            by_mode[suffix][run.name] = float((logits.argmax(-1) != episode["query_y"]).float().mean())
+    errors = by_mode[""]
+    estimates: Estimates = {f"runs_error_rate{suffix}": estimate(np.array(list(e.values()))) for suffix, e in by_mode.items()}
 
     def log_runs(t: Tracker) -> None:
         t.log_params({"runs": str(runs), "steps": ",".join(map(str, steps))})
         t.log_metrics({f"runs/error_rate_{name}": e for name, e in errors.items()}, step=0)
-        t.log_metrics({"runs/error_rate": estimates["runs_error_rate"].mean, "runs/error_rate_ci95": estimates["runs_error_rate"].ci95}, step=0)
+        for key, est in estimates.items():
+            name = key.removeprefix("runs_")
+            t.log_metrics({f"runs/{name}": est.mean, f"runs/{name}_ci95": est.ci95}, step=0)
 
     return EvalResult(estimates, log_nested(config, uri, parent, "omniglot-runs", log_runs), parent, errors)
 
