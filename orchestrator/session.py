@@ -1,4 +1,4 @@
-"""Ray for one job: join the given cluster or start a local instance, and check capacity."""
+"""Ray for one job: join the given cluster or start a local instance, and size the pool to it (waiting for an autoscaler where asked)."""
 
 from __future__ import annotations
 
