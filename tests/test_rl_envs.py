@@ -159,6 +159,38 @@ def test_navigation_clips_actions_and_rewards_minus_the_distance():
     assert len(steps) == 100 and steps[-1][4]
 
 
+POINT_ROBOT = {"low": -1.0, "high": 1.0, "horizon": 20, "start": "uniform", "early_end": False}  # oyster's point robot
+
+
+def test_point_robot_starts_anywhere_in_the_square_and_never_ends_early():
+    """The navigation family's oyster variant: the start is drawn from the reset seed, uniform
+    in [-1, 1]^2; steps add the clipped action; the reward is minus the distance to the goal
+    after the move; at the goal the episode goes on, and ends by truncation at step 20."""
+    family = make_family("navigation_2d", **POINT_ROBOT)
+    env = family.make({"goal": [0.3, -0.05]})
+    starts = np.array([env.reset(seed=k)[0] for k in range(2000)])
+    assert starts.dtype == np.float32 and np.abs(starts).max() <= 1.0
+    np.testing.assert_allclose(starts.mean(0), [0, 0], atol=0.05)
+    assert np.mean(np.abs(starts) > 0.5) == pytest.approx(0.5, abs=0.03)  # uniform per axis, not clustered
+    first, _ = env.reset(seed=7)
+    np.testing.assert_array_equal(first, env.reset(seed=7)[0])  # a pure function of the reset seed
+    assert not np.array_equal(first, env.reset(seed=8)[0])
+
+    position = env.reset(seed=7)[0].astype(np.float64)
+    goal = np.array([0.3, -0.05])
+    for t in range(20):
+        action = np.clip(goal - position, -0.1, 0.1) if t < 19 else np.array([0.5, 0.0])  # the last one is clipped
+        obs, r, term, trunc, _ = env.step(action.astype(np.float32))
+        position = position + np.clip(action.astype(np.float32), -0.1, 0.1)
+        np.testing.assert_allclose(obs, position, atol=1e-6)
+        assert r == pytest.approx(-np.linalg.norm(position - goal), abs=1e-6)
+        assert not term and trunc == (t == 19)
+    goals = np.array([family.task(TaskDescriptor(0, "train", 0, i))["goal"] for i in range(2000)])
+    assert goals.min() >= -1 and goals.max() <= 1 and np.mean(np.abs(goals) > 0.5) == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(EnvFamilyError, match="start"):
+        make_family("navigation_2d", start="corner")
+
+
 def test_bandit_pays_each_arm_with_its_probability():
     probs = np.array([0.1, 0.5, 0.9])
     env = make_family("bandit", arms=3).make({"probs": probs})
