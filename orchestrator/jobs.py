@@ -239,6 +239,7 @@ def submit(
     if sqlite_path(uri) is not None or "://" not in uri or uri.startswith("file:"):
         print(f"note: the job logs to {uri}, a path: the job must run on this machine (use an http(s) tracking server otherwise)", file=sys.stderr)
 
+    from metaorch.orchestrator.lineage import git_tags
     from metaorch.orchestrator.tracking import client, experiment_for
 
     # Ray uploads the package during submit_job; the local copy is not needed after it.
@@ -246,7 +247,8 @@ def submit(
         env["py_modules"] = [*env.get("py_modules", []), str(code_package(build))]
         mlflow = client(uri)
         submission_id = f"metaorch-{uuid.uuid4().hex[:12]}"
-        tags = {"metaorch.submission_id": submission_id, "metaorch.job_api": address}
+        # the job's copy of the code has no .git: the run's commit is the one submitted from
+        tags = {"metaorch.submission_id": submission_id, "metaorch.job_api": address} | git_tags()
         if resume is not None:
             run_id, experiment_id = resume, _resumable(mlflow, resume, uri)
             for k, v in tags.items():

@@ -18,6 +18,7 @@ from metaorch.orchestrator import checkpoint as ckpt_io
 from metaorch.orchestrator.config import Config, OuterConfig
 from metaorch.orchestrator.console import Progress
 from metaorch.orchestrator.evaluation import Estimates
+from metaorch.orchestrator.lineage import log_lineage
 from metaorch.orchestrator.runner import Runner
 from metaorch.orchestrator.session import target_workers
 from metaorch.orchestrator.suites import log_nested
@@ -72,7 +73,8 @@ def _logged_after(tracker: Tracker, step: int) -> set[tuple[str, int]]:
 
 
 def _start_logging(config: Config, tracker: Tracker, first: int) -> set[tuple[str, int]]:
-    """Params (or the resume tag) and config.yaml; returns the (metric, step) pairs already logged."""
+    """Params (or the resume tag), config.yaml and lineage; returns the (metric, step) pairs already logged."""
+    log_lineage(tracker, config, "train")
     if first == 0:
         tracker.log_params(config.flat())
     else:

@@ -178,6 +178,13 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._queue.put(("call", lambda: self.client.log_text(self.run_id, text, artifact_file)))
 
+    def log_inputs(self, datasets: list[Any], context: str) -> None:
+        """``mlflow.data`` datasets as the run's dataset inputs, used in ``context`` (e.g. training)."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = [DatasetInput(d._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]) for d in datasets]
+        self._queue.put(("call", lambda: self.client.log_inputs(self.run_id, datasets=inputs)))
+
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """Uploads, then closes the matplotlib figure (pyplot keeps every open one alive)."""
 

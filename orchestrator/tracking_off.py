@@ -71,6 +71,9 @@ class NullTracker(Tracker):
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
+    def log_inputs(self, datasets: list[Any], context: str) -> None:
+        pass
+
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """Closes the figure, as :meth:`Tracker.log_figure` does after uploading it."""
         import matplotlib.pyplot as plt

@@ -171,6 +171,7 @@ def _search(
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from metaorch.orchestrator.lineage import log_lineage
     from metaorch.orchestrator.tracking import Tracker
 
     t = config.tracking
@@ -178,6 +179,7 @@ def _search(
     parent.log_params({"tune.samples": samples, "tune.scheduler": scheduler, "tune.metric": metric, "tune.mode": mode})
     parent.log_text(yaml.safe_dump({k: {kind: a} for k, (kind, a) in space.items()}, sort_keys=False), "space.yaml")
     parent.log_text(config.to_yaml(), "config.yaml")
+    log_lineage(parent, config, "tune")
     status = "FAILED"
     try:
         # Ray Tune's default moves each trial into its own directory; relative paths in the
