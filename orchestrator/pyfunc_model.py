@@ -70,9 +70,9 @@ class MetaorchModel(mlflow.pyfunc.PythonModel):
         self.config, self.params = config, meta_params
         self.model, self.policy = build(config, meta_params)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        """``model_input``: the named tensors of the signature (a dict of arrays). Typed ``Any``: MLflow
-        reads type hints of ``predict`` as a schema of their own, and the signature is the schema."""
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
+        """``model_input``: the signature's named tensors (a dict of arrays). Not annotated: MLflow reads
+        a type hint on it as a schema of its own (and warns that it is not one); the signature is the schema."""
         if not isinstance(model_input, dict):
             _bad(f"expected named inputs ({', '.join(input_names(self.config))}), got {type(model_input).__name__}")
         if self.policy is not None:

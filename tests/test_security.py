@@ -129,26 +129,28 @@ def test_password_in_tracking_uri_reaches_no_param_artifact_checkpoint_or_messag
     assert record.getMessage() == "not logged to postgresql://meta:***@127.0.0.1:1/mlflow: gone"
 
 
-def test_eval_never_unpickles_the_runs_model(ray_session, workdir):
-    """The MLflow model is a pickle (it keeps ``adapt``); evaluation reads the checkpoint instead."""
-    import mlflow.pytorch
-    from mlflow.tracking import MlflowClient
+def test_the_logged_model_holds_no_pickle_and_loading_it_runs_no_code(ray_session, workdir):
+    """The MLflow model is code from metaorch, a config and a tensor file read with weights_only:
+    a hostile pickle put in place of the weights is refused by ``mlflow.pyfunc.load_model``
+    without running; evaluation reads the checkpoint, not the model."""
+    import mlflow.pyfunc
+    from mlflow.artifacts import download_artifacts
 
     from metaorch.orchestrator.trainer import evaluate, train
 
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     config = tiny_config(outer={"iterations": 2}, eval={"at_end": False, "plot_tasks": 0, "val_every": 2})
     run = train(config, tracking_uri=store, progress=False)
-    artifacts = Path(MlflowClient(store).get_run(run.run_id).info.artifact_uri.removeprefix("file://"))
-    (model_file,) = artifacts.glob("model/**/*.pth")
+    model_dir = Path(download_artifacts(f"runs:/{run.run_id}/model", tracking_uri=store, dst_path=str(workdir / "model")))
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and not list(model_dir.rglob("*.pkl"))
+    weights = model_dir / flavor["artifacts"]["weights"]["path"]
+    assert isinstance(torch.load(weights, weights_only=True), torch.Tensor)
     marker = workdir / "pwned"
-    _write_hostile_pickle(model_file, marker)
-    try:  # loading the model the documented way runs the hostile code
-        mlflow.pytorch.load_model(str(artifacts / "model"))
-    except Exception:
-        pass  # whether it then fails does not matter: the code has run
-    assert marker.exists()
-    marker.unlink()
+    _write_hostile_pickle(weights, marker)
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        mlflow.pyfunc.load_model(str(model_dir))
+    assert not marker.exists()
 
     result = evaluate(run.run_id, tasks=4, steps=[1], tracking_uri=store)
     assert result.estimates[1].n == 4
