@@ -231,7 +231,9 @@ class PEARLRunner(RLRunner):
 
     Each iteration collects episodes on ``tasks_per_iteration`` of them (on all of them the
     first time, so every buffer holds data), then takes ``updates_per_iteration`` SAC and
-    encoder steps, each on ``outer.meta_batch`` tasks drawn from the whole set. Meta-test:
+    encoder steps, each on ``outer.meta_batch`` tasks drawn from the whole set. With oyster's
+    ``num_initial_steps``, the first time every task first gets that many prior steps, and the
+    iteration then collects on ``tasks_per_iteration`` tasks as any other. Meta-test:
     ``eval.episodes`` episodes, z from the prior in the first, from the episodes before in the others.
     """
 
@@ -239,7 +241,9 @@ class PEARLRunner(RLRunner):
         config, family = self.config, self.family
         self.c = config.rl.pearl
         self.pearl = PEARL(build_policy(config, family), learner_device(), config.seed, params)
-        self.plan = PEARLPlan(build_policy(config, family), self.c.prior_episodes, self.c.posterior_episodes)
+        initial, prior, posterior = self.c.schedule(family.horizon)
+        self.plan = PEARLPlan(build_policy(config, family), prior, posterior)
+        self.initial_plan = PEARLPlan(build_policy(config, family), initial, 0, stream=1) if initial else None
         self.tasks = descriptors(config.seed, "train", 0, self.c.train_tasks)
 
     def worker_params(self) -> torch.Tensor:
@@ -249,8 +253,15 @@ class PEARLRunner(RLRunner):
         cfg, c = self.config, self.c
         rng = np.random.default_rng([cfg.seed, it])
         unfilled = not all(i in self.pearl.replay for i in range(c.train_tasks))  # first iteration, or resumed without buffers
+        initial_s = 0.0
+        if unfilled and self.initial_plan is not None:  # oyster's num_initial_steps on every task, then the usual collection
+            initial, initial_timing = _sample(pool, self.worker_params(), self.tasks, self.initial_plan, cfg.workers.chunk_size)
+            for i, out in enumerate(initial):
+                self.pearl.add(i, out)
+            unfilled, initial_s = False, initial_timing["time/sample_s"]
         chosen = range(c.train_tasks) if unfilled else sorted(rng.choice(c.train_tasks, min(c.tasks_per_iteration, c.train_tasks), replace=False))
         outputs, timing = _sample(pool, self.worker_params(), [self.tasks[i] for i in chosen], self.plan, cfg.workers.chunk_size)
+        timing["time/sample_s"] += initial_s
         for i, out in zip(chosen, outputs):
             self.pearl.add(i, out)
         sums: dict[str, float] = {}

@@ -48,6 +48,7 @@ from metaorch.algorithms.rl.policies import GaussianMLPPolicy
 from metaorch.algorithms.rl.returns import LinearFeatureBaseline, baseline_advantages, discounted_returns, gae, normalize
 from metaorch.algorithms.rl.rl2 import GRUPolicy, PPOConfig, RL2Learner, RL2Plan, ppo_loss
 from metaorch.algorithms.rl.trajectories import Trajectories
+from metaorch.tasks.base import TaskDescriptor, descriptors
 
 F64 = torch.float64
 
@@ -640,6 +641,40 @@ def test_pearl_plan_is_deterministic_and_uses_the_posterior():
     ctx = torch.as_tensor(make_context(t["observations"], t["actions"], t["rewards"], t["next_observations"], True))
     mu, var = policy.posterior(policy.split(params)[1], ctx)
     assert ((zs[2] - mu).abs() < 6 * var.sqrt()).all()
+
+
+def test_pearl_prior_z_is_drawn_per_task_from_its_descriptor():
+    """oyster draws a prior z per task: the first z of a plan differs across the tasks of a call
+    at the same parameters, is the same whenever the same descriptor and parameters come again,
+    and moves with the parameters (a new z each iteration) and with the plan's stream."""
+    policy, pearl = _small_pearl()
+    params = pearl.worker_params()
+
+    def first_z(descriptor, plan=PEARLPlan(policy, prior_episodes=1, posterior_episodes=0), at=params):
+        seen = []
+
+        def sample(p, n, deterministic=False):
+            seen.append(p[policy.actor.num_params :].clone())
+            return rollout(policy, p, n, 2, *constant_goal_env(0.0), torch.Generator().manual_seed(0))
+
+        plan(sample, at, descriptor)
+        return seen[0]
+
+    tasks = descriptors(0, "test", 0, 6)
+    zs = torch.stack([first_z(d) for d in tasks])
+    assert len({tuple(z.tolist()) for z in zs}) == 6
+    assert torch.equal(zs[3], first_z(TaskDescriptor(0, "test", 0, 3)))
+    assert not torch.equal(zs[3], first_z(tasks[3], at=params + 1e-3))
+    assert not torch.equal(zs[3], first_z(tasks[3], plan=PEARLPlan(policy, prior_episodes=1, posterior_episodes=0, stream=1)))
+    assert zs.std(0).min() > 0.3 and zs.mean().abs() < 1.0  # standard normal draws, one per task
+
+
+def test_pearl_schedule_counts_oysters_steps_in_episodes():
+    """oyster's point robot: 200 initial, 200 prior and 200 extra posterior steps at horizon 20."""
+    oyster = PEARLConfig(num_initial_steps=200, num_steps_prior=200, num_extra_rl_steps_posterior=200)
+    assert oyster.schedule(20) == (10, 10, 10)
+    assert oyster.schedule(30) == (7, 7, 7)  # whole episodes, at least the steps asked for
+    assert PEARLConfig(prior_episodes=3, posterior_episodes=1).schedule(20) == (0, 3, 1)
 
 
 def test_pearl_learns_to_infer_the_goal_from_context():

@@ -57,6 +57,21 @@ def test_maml_trpo_run_logs_curve_and_meta_test(ray_session, workdir):
     curve = c.get_metric_history(run.test_run_id, "test/return")
     assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [0, 1, 2]
     assert "adaptation_curve.png" in [a.path for a in c.list_artifacts(run.test_run_id)]
+    _assert_policy_served(run, obs_dim=2)
+
+
+def _assert_policy_served(run, obs_dim: int) -> None:
+    """The run's LoggedModel is its meta-policy: through the pyfunc, observations -> deterministic actions."""
+    import mlflow.pyfunc
+    from mlflow.artifacts import download_artifacts
+
+    loaded = mlflow.pyfunc.load_model(download_artifacts(f"runs:/{run.run_id}/model", tracking_uri=run.tracking_uri, dst_path="served"))
+    obs = np.random.default_rng(0).normal(size=(3, obs_dim)).astype(np.float32)
+    model = loaded.unwrap_python_model()
+    params = model.params if not hasattr(model.policy, "split") else torch.cat([model.policy.split(model.params)[0], torch.zeros(model.policy.config.latent_dim)])
+    torch.testing.assert_close(model.params, run.meta_params)
+    want = model.policy.act(params, torch.as_tensor(obs), None, deterministic=True)[0]
+    torch.testing.assert_close(torch.as_tensor(loaded.predict({"observation": obs})), want)
 
 
 def test_maml_trpo_does_not_depend_on_the_number_of_workers_or_a_resume(ray_session, workdir):
@@ -108,9 +123,36 @@ def test_pearl_meta_test_on_explicit_goals(ray_session, workdir):
     run = train(rl_config(NAV, "pearl", eval={"task_params": goals}), progress=False)
     assert list(run.test)[:3] == ["return_episode_1", "return_episode_2", "return_episode_3"]
     assert all(e.n == 2 for e in run.test.values())
+    _assert_policy_served(run, obs_dim=2)
     again = evaluate(run.run_id, tracking_uri=run.tracking_uri)  # the checkpoint alone is enough to meta-test again
     assert again.estimates["return_episode_1"].mean == pytest.approx(run.test["return_episode_1"].mean)
     assert again.run_id is not None and again.parent_run_id == run.run_id
+
+
+def test_pearl_collects_oysters_schedule_on_the_point_robot():
+    """oyster's schedule, in process (no Ray): the first iteration gives every training task its
+    initial prior steps, then collects prior and extra posterior steps on ``tasks_per_iteration``
+    of them; whole 20-step episodes of the point robot (no early end)."""
+    from metaorch.orchestrator.rl_training import PEARLRunner
+
+    point = {"name": "navigation_2d", "options": {"low": -1.0, "high": 1.0, "horizon": 20, "start": "uniform", "early_end": False}}
+    schedule = {"num_initial_steps": 40, "num_steps_prior": 20, "num_extra_rl_steps_posterior": 30, "tasks_per_iteration": 2}
+    config = rl_config(point, "pearl", workers={"num_workers": 1, "transport": "inprocess"}, rl={"pearl": schedule})
+    runner = PEARLRunner(config)
+    runner.start(runner.initial_params())
+    pool = runner.make_pool(config, 1)
+    try:
+        metrics = runner.iteration(pool, 0)
+    finally:
+        pool.shutdown()
+    rl = {i: len(runner.pearl.replay[i]) for i in range(4)}
+    context = {i: len(runner.pearl.encoder_replay[i]) for i in range(4)}
+    collected = [i for i in range(4) if rl[i] > 40]
+    assert len(collected) == 2  # tasks_per_iteration of the 4
+    for i in range(4):  # 2 initial episodes each; a collected task adds 1 prior and 2 posterior episodes
+        assert rl[i] == (40 + 20 + 40 if i in collected else 40)
+        assert context[i] == (20 if i in collected else 40)  # the prior episodes replace the context
+    assert np.isfinite(metrics["train/return_prior"]) and metrics["train/return_prior"] < 0
 
 
 def test_trial_episode_returns_split_at_the_done_flag():

@@ -117,7 +117,8 @@ class RolloutWorker:
 
             barrier.enter()
             try:
-                outputs[k] = plan(sample, params)
+                # a plan that ``takes_descriptor`` (PEARL's: its per-task prior z) also gets its task's descriptor
+                outputs[k] = plan(sample, params, tasks[k].descriptor) if getattr(plan, "takes_descriptor", False) else plan(sample, params)
             except BaseException as exc:  # re-raised by the calling thread
                 errors.append(exc)
             finally:

@@ -9,7 +9,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from metaorch.algorithms.models import FunctionalModel, mlp
 from metaorch.algorithms.rl.batching import concat_episodes, transitions
 from metaorch.algorithms.rl.pearl.config import PEARLConfig
 from metaorch.algorithms.rl.trajectories import Sample, Trajectories
+from metaorch.tasks.base import TaskDescriptor
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # rlkit's clamp
 
@@ -165,6 +166,18 @@ def _generator(*parts: Any) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
 
 
+_PRIOR_Z = 2  # spawn-key tag of a task's prior-z stream (the rollout worker's episode streams use 0 and 1)
+
+
+def task_key(descriptor: TaskDescriptor | None) -> np.ndarray:
+    """A task's own seed material for its prior z: a stream spawned from its descriptor, apart
+    from the ones that draw its parameters and seed its episodes. None: none (shared by all)."""
+    if descriptor is None:
+        return np.zeros(0, np.uint32)
+    root = descriptor.rng().bit_generator.seed_seq
+    return np.random.SeedSequence(root.entropy, spawn_key=(_PRIOR_Z,)).generate_state(2)
+
+
 @dataclass(frozen=True)
 class PEARLPlan:
     """A task's rollouts: episodes with z ~ prior, then with z ~ q(z | context collected so far).
@@ -172,19 +185,28 @@ class PEARLPlan:
     One z per episode (oyster's resample rate 1) and the posterior updated after every
     posterior episode, which is also PEARL's meta-test protocol. Prior episodes feed the
     encoder and RL buffers, posterior ones the RL buffer only (oyster's "extra RL steps").
+
+    The first prior z of a task is drawn from its descriptor and the parameters (the rollout
+    worker passes the descriptor to plans that ``take_descriptor``), so every task of a call
+    explores with its own z, as oyster draws one per task; later draws also depend on the
+    episodes seen. ``stream`` tells apart two plans run on the same task at the same parameters
+    (oyster's initial collection and the iteration's own).
     """
 
     policy: PEARLPolicy
     prior_episodes: int = 2
     posterior_episodes: int = 2
     deterministic_posterior: bool = False  # evaluation: act with the mean action once z is inferred
+    stream: int = 0
+    takes_descriptor: ClassVar[bool] = True
 
-    def __call__(self, sample: Sample, params: torch.Tensor) -> dict[str, Any]:
+    def __call__(self, sample: Sample, params: torch.Tensor, descriptor: TaskDescriptor | None = None) -> dict[str, Any]:
         actor, encoder = self.policy.split(params)
         latent = self.policy.config.latent_dim
+        first = (params, task_key(descriptor), np.int64(self.stream))
         prior, posterior, seen = [], [], []
         for k in range(self.prior_episodes):
-            gen = _generator(params if not seen else seen[-1].rewards, np.int64(k))
+            gen = _generator(*(first if not seen else (seen[-1].rewards,)), np.int64(k))
             z = torch.randn(latent, generator=gen)
             traj = sample(self.policy.with_latent(actor, z), 1)
             prior.append(traj)
@@ -192,7 +214,7 @@ class PEARLPlan:
         for k in range(self.posterior_episodes):
             with torch.no_grad():
                 mu, var = self.policy.posterior(encoder, self._context(seen, encoder))
-            gen = _generator(params if not seen else seen[-1].rewards, np.int64(self.prior_episodes + k))
+            gen = _generator(*(first if not seen else (seen[-1].rewards,)), np.int64(self.prior_episodes + k))
             z = mu + var.sqrt() * torch.randn(latent, generator=gen).to(mu)
             kwargs = {"deterministic": True} if self.deterministic_posterior else {}
             traj = sample(self.policy.with_latent(actor, z), 1, **kwargs)

@@ -26,7 +26,30 @@ class PEARLConfig:
     buffer_capacity: int = 100_000  # per task, RL and encoder buffers each
     prior_episodes: int = 2  # per task and iteration, z ~ prior (into both buffers)
     posterior_episodes: int = 2  # z ~ posterior(context so far) (RL buffer only)
+    # oyster's collection schedule in transitions (its names); set, a count takes the place of the
+    # episodes above, rounded up to whole episodes of the family's horizon (:meth:`schedule`)
+    num_initial_steps: int = 0  # per training task, z ~ prior, once before the first iteration's collection (both buffers)
+    num_steps_prior: int | None = None  # per collected task and iteration, z ~ prior: prior_episodes
+    num_extra_rl_steps_posterior: int | None = None  # z ~ posterior, RL buffer only: posterior_episodes
     train_tasks: int = 100  # the fixed set of training tasks whose buffers fill over the run
     tasks_per_iteration: int = 5  # tasks collected per iteration (all of them in the first)
     updates_per_iteration: int = 500  # gradient steps per iteration, each on outer.meta_batch tasks
     checkpoint_buffers: bool = False  # replay buffers in checkpoints: exact resumes, larger files
+
+    def __post_init__(self) -> None:
+        for name in ("num_initial_steps", "num_steps_prior", "num_extra_rl_steps_posterior"):
+            steps = getattr(self, name)
+            if steps is not None and steps < 0:
+                raise ValueError(f"{name} must be a number of steps >= 0, got {steps}")
+
+    def schedule(self, horizon: int) -> tuple[int, int, int]:
+        """(initial, prior, posterior) episodes per task. oyster collects whole episodes until a
+        step count is reached, so a count of steps becomes ``ceil(steps / horizon)`` episodes:
+        exact where episodes never end early (the point robot), a lower bound of the steps elsewhere."""
+
+        def episodes(steps: int | None, default: int) -> int:
+            return default if steps is None else -(-steps // horizon)
+
+        return episodes(self.num_initial_steps, 0), episodes(self.num_steps_prior, self.prior_episodes), episodes(
+            self.num_extra_rl_steps_posterior, self.posterior_episodes
+        )
