@@ -109,11 +109,17 @@ def test_a_task_gives_identical_episodes_on_a_fresh_and_a_reused_env(ml1):
 def test_a_worker_builds_each_class_once():
     ml10 = make_family(MetaWorld, benchmark="ML10", max_path_length=H)
     env = ml10.make(ml10.task(TaskDescriptor(0, "train", 0, 0)))
-    seen = {id(env)}
+    trial = make_family(MetaWorld, benchmark="ML10", max_path_length=H, trial_episodes=2)
+    inner = trial.make(trial.task(TaskDescriptor(0, "test", 0, 0)))
+    seen = {id(env.sawyer)}
     for d in descriptors(0, "train", 1, 30):
         env = ml10.assign(env, ml10.task(d))
-        seen.add(id(env))
-    assert len(seen) == 10
+        seen.add(id(env.sawyer))
+        assert env.sawyer.task_name == type(env.sawyer).__name__ and env.env_name == ml10.task(d)["env_name"]
+    assert len(seen) == 10  # one metaworld environment per class, switched by set_task
+    for d in descriptors(0, "test", 1, 5):  # RL² trials switch class through the trial env
+        inner = trial.assign(inner, trial.task(d))
+        assert inner.inner.env_name == trial.task(d)["env_name"]
 
 
 def _traj(success: np.ndarray, rewards: np.ndarray | None = None, mask: np.ndarray | None = None, obs: np.ndarray | None = None) -> Trajectories:
@@ -190,12 +196,12 @@ class OurMAMLAgent:
 
     def adapt_action(self, obs):
         a, logp = self._act(obs, False, self.noise[self.t])
-        self._last = (np.asarray(obs, np.float32).reshape(1, -1), np.clip(a, -1, 1), logp)
+        self._last = (np.asarray(obs, np.float32).reshape(1, -1), a, logp)  # the worker keeps the unclipped action
         return np.clip(a, -1, 1), {}
 
     def step(self, ts) -> None:
         obs, act, logp = self._last
-        for k, v in zip(("obs", "act", "rew", "logp", "term"), (obs, act, np.float32(ts.reward), logp, bool(ts.terminated[0]))):
+        for k, v in zip(("obs", "act", "rew", "logp", "term"), (obs, act, np.float32(ts.reward[0]), logp, bool(ts.terminated[0]))):
             self.rows[k].append(v)
         self.t += 1
         if ts.terminated[0] or ts.truncated[0]:

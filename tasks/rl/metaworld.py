@@ -69,13 +69,42 @@ def _tasks_by_class(benchmark: str, env_name: str, seed: int) -> dict[tuple[str,
     return out
 
 
-class SawyerEnv(gym.Env):
-    """A metaworld Sawyer environment as a family's env (it holds one; gymnasium's checker
-    wants no wrapper).
+def _hidden_goal_space(space: gym.spaces.Box) -> gym.spaces.Box:
+    low, high = space.low.copy(), space.high.copy()
+    low[_GOAL], high[_GOAL] = -np.inf, np.inf
+    return gym.spaces.Box(low, high, dtype=space.dtype)
 
-    - The observation space is metaworld's, except that the hidden goal's three entries
-      (always 0) are declared unbounded instead of [0, 0]: a Box with equal bounds is what
-      gymnasium's checker rejects, and the observation is exactly metaworld's 39 numbers.
+
+class _Sawyers:
+    """A process's metaworld environments, per class: each class is built once (0.08 s) and
+    lent to whichever family env plays one of its tasks."""
+
+    def __init__(self, benchmark: str, env_name: str, seed: int):
+        self.key = (benchmark, env_name, seed)
+        self.idle: dict[str, list[Any]] = {}
+
+    def take(self, env_name: str) -> Any:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        idle = self.idle.get(env_name)
+        return idle.pop() if idle else ALL_V3_ENVIRONMENTS[env_name]()
+
+    def give_back(self, env_name: str, sawyer: Any) -> None:
+        self.idle.setdefault(env_name, []).append(sawyer)
+
+    def task(self, params: TaskParams) -> Any:
+        return _tasks_by_class(*self.key)[params["split"], params["env_name"]][params["task"]]
+
+
+class SawyerEnv(gym.Env):
+    """A Meta-World task as a family's env: it borrows a metaworld environment of the task's
+    class and switches it with metaworld's ``set_task`` (another class: it gives its
+    environment back and borrows one of that class). gymnasium's checker wants no wrapper,
+    so it holds the environment rather than wrapping it.
+
+    - The observation space is metaworld's (the same for every class), except that the hidden
+      goal's three entries (always 0) are declared unbounded instead of [0, 0]: a Box with
+      equal bounds is what gymnasium's checker rejects; the observation is metaworld's 39 numbers.
     - ``reset(seed=...)`` also seeds metaworld's generator (its own ``reset`` ignores the
       seed); a task's start state is fixed by its goal, so episodes differ only by their actions.
     - Episodes are truncated at ``max_path_length`` by metaworld itself; ``info["success"]``
@@ -84,18 +113,20 @@ class SawyerEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, sawyer: Any, max_path_length: int):
-        self.sawyer, self.horizon, self.env_name = sawyer, max_path_length, ""
-        sawyer.max_path_length = max_path_length
-        space = sawyer.observation_space
-        low, high = space.low.copy(), space.high.copy()
-        low[_GOAL], high[_GOAL] = -np.inf, np.inf
-        self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
-        self.action_space = sawyer.action_space
+    def __init__(self, sawyers: _Sawyers, params: TaskParams, max_path_length: int):
+        self.sawyers, self.horizon = sawyers, max_path_length
+        self.env_name = params["env_name"]
+        self.sawyer = sawyers.take(self.env_name)
+        self.observation_space = _hidden_goal_space(self.sawyer.observation_space)
+        self.action_space = self.sawyer.action_space
+        self.set_task(params)
 
-    def set_task(self, env_name: str, task: Any) -> None:
-        self.sawyer.set_task(task)
-        self.env_name = env_name
+    def set_task(self, params: TaskParams) -> None:
+        if params["env_name"] != self.env_name:
+            self.sawyers.give_back(self.env_name, self.sawyer)
+            self.env_name, self.sawyer = params["env_name"], self.sawyers.take(params["env_name"])
+        self.sawyer.set_task(self.sawyers.task(params))
+        self.sawyer.max_path_length = self.horizon
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -107,7 +138,7 @@ class SawyerEnv(gym.Env):
         return self.sawyer.step(action)
 
     def close(self) -> None:
-        self.sawyer.close()
+        self.sawyers.give_back(self.env_name, self.sawyer)  # a later env of this process reuses it
 
 
 class MetaWorld(EnvFamily):
@@ -129,7 +160,7 @@ class MetaWorld(EnvFamily):
         self.benchmark, self.env_name, self.seed = benchmark, env_name if benchmark == "ML1" else "", seed
         self.horizon = max_path_length
         self.classes = class_names(benchmark, env_name)
-        self._idle: dict[str, list[SawyerEnv]] = {}  # this process's environments not in use, per class
+        self._sawyers = _Sawyers(benchmark, self.env_name, seed)
 
     def _split(self, split: str) -> str:
         return "train" if split == "train" else "test"  # val: held out like test
@@ -159,32 +190,24 @@ class MetaWorld(EnvFamily):
         """The task's class: success is also reported per class."""
         return params["env_name"]
 
-    def _new(self, env_name: str) -> SawyerEnv:
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-
-        return SawyerEnv(ALL_V3_ENVIRONMENTS[env_name](), self.horizon)
-
     def build(self, params: TaskParams) -> SawyerEnv:
-        idle = self._idle.get(params["env_name"])
-        env = idle.pop() if idle else self._new(params["env_name"])
-        tasks = _tasks_by_class(self.benchmark, self.env_name, self.seed)[params["split"], params["env_name"]]
-        env.set_task(params["env_name"], tasks[params["task"]])
-        return env
+        return SawyerEnv(self._sawyers, params, self.horizon)
 
-    def assign(self, env: gym.Env, params: TaskParams) -> gym.Env:
-        """Reuses ``env`` for a task of its class; otherwise parks it and takes (or builds)
-        one of the task's class, so a worker builds each class's environment once."""
-        if isinstance(env, SawyerEnv):
-            self._idle.setdefault(env.env_name, []).append(env)  # of the task's class: build() takes it straight back
-        else:
-            env.close()
-        return self.build(params)
+    @functools.cached_property
+    def _spaces(self) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+        """Without building the benchmark: the spaces are the same for every class and task."""
+        name = self.classes["train"][0]
+        sawyer = self._sawyers.take(name)
+        self._sawyers.give_back(name, sawyer)
+        return _hidden_goal_space(sawyer.observation_space), sawyer.action_space
 
-    def _probe(self) -> gym.Env:
-        """Spaces without the benchmark: they do not depend on the task."""
-        if getattr(self, "_probe_env", None) is None:
-            self._probe_env = self._new(self.classes["train"][0])
-        return self._probe_env
+    @property
+    def observation_space(self) -> gym.spaces.Box:
+        return self._spaces[0]
+
+    @property
+    def action_space(self) -> gym.spaces.Box:
+        return self._spaces[1]
 
     def __repr__(self) -> str:
         what = f"ML1 {self.env_name}" if self.benchmark == "ML1" else self.benchmark
