@@ -301,7 +301,9 @@ TRAIN_POINTS = {"maml_trpo": ("pre", "post"), "rl2": ("first", "last"), "pearl":
 
 @pytest.mark.parametrize("algorithm", ["maml_trpo", "rl2", "pearl"])
 def test_two_iterations_log_success_and_pass_metaorch_eval(ray_session, workdir, algorithm):
-    run = train(mw_config(algorithm), progress=False)
+    """In-process worker: the benchmark, built once in this process, serves all three runs
+    (Ray actors would each build it again); the oracle test covers distributed workers."""
+    run = train(mw_config(algorithm, workers={"num_workers": 1, "transport": "inprocess"}), progress=False)
     assert run.iterations == 2
     c = client(run.tracking_uri)
     metrics = c.get_run(run.run_id).data.metrics
