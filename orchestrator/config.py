@@ -181,6 +181,9 @@ class TrackingConfig(Section):
     register_as: str | None = Field(
         None, pattern=MODEL_NAME, description="register the model under this name; alias champion moves to it if its meta-test is better"
     )
+    system_metrics_s: float = Field(
+        10.0, ge=0, description="CPU, memory and GPU of the driver and worker nodes as system/... metrics every this many seconds; 0 = off"
+    )
 
     @field_serializer("uri")
     def _without_password(self, uri: str) -> str:

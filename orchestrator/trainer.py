@@ -20,6 +20,7 @@ from metaorch.orchestrator.preflight import check_ray_address, check_tracking_ur
 from metaorch.orchestrator.runs import check_empty_run, resolve_checkpoint
 from metaorch.orchestrator.session import check_capacity, ray_session
 from metaorch.orchestrator.suites import EvalResult, evaluate
+from metaorch.orchestrator.system_metrics import system_metrics
 from metaorch.orchestrator.tracking_off import start_tracker
 
 
@@ -78,7 +79,7 @@ def train(
                     buffer_max=config.tracking.buffer_max,
                     spill_root=config.checkpoint.dir,
                 )
-                with sigterm_as_exit():
+                with sigterm_as_exit(), system_metrics(tracker, config.tracking.system_metrics_s, pool):
                     return run_loop(config, runner, pool, tracker, start.iteration if start else 0, progress, report)
             finally:
                 pool.shutdown()
