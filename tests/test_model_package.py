@@ -1,5 +1,6 @@
 """The logged MLflow model is a package a user can load: its requirements name metaorch at
-this version, and a fresh virtual environment with only those requirements loads it and adapts."""
+this version, and a fresh virtual environment with only those requirements loads it (a pyfunc
+from code, no pickle), adapts it in Python and predicts through the pyfunc."""
 
 from __future__ import annotations
 
@@ -18,20 +19,22 @@ from metaorch.tasks.base import descriptors
 
 LOAD = """
 import json, sys
-import mlflow.pytorch, torch
-model = mlflow.pytorch.load_model(sys.argv[1])
+import mlflow.pyfunc, torch
+loaded = mlflow.pyfunc.load_model(sys.argv[1])
+model = loaded.unwrap_python_model().model
 x, sx, sy = (torch.tensor(v) for v in json.loads(sys.argv[2]))
 with torch.no_grad():
     before = model(x)
 after = model.adapt(sx, sy)(x).detach()
-print(json.dumps({"before": before.tolist(), "after": after.tolist(), "module": type(model).__module__}))
+served = loaded.predict({"support_x": sx.numpy(), "support_y": sy.numpy(), "query_x": x.numpy()})
+print(json.dumps({"before": before.tolist(), "after": after.tolist(), "served": served.tolist(), "module": type(model).__module__}))
 """
 
 
 @pytest.mark.slow
 def test_the_model_loads_in_a_fresh_environment_with_only_its_requirements(ray_session, workdir, tmp_path):
     import metaorch
-    from mlflow.tracking import MlflowClient
+    from mlflow.artifacts import download_artifacts
 
     from metaorch.orchestrator.packaging import source_wheel
     from metaorch.orchestrator.trainer import train
@@ -41,7 +44,8 @@ def test_the_model_loads_in_a_fresh_environment_with_only_its_requirements(ray_s
     config = tiny_config(outer={"iterations": 5}, eval={"at_end": False, "plot_tasks": 0})
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     result = train(config, tracking_uri=store, progress=False)
-    model_dir = Path(MlflowClient(store).get_run(result.run_id).info.artifact_uri.removeprefix("file://")) / "model"
+    model_dir = Path(download_artifacts(f"runs:/{result.run_id}/model", tracking_uri=store, dst_path=str(tmp_path / "model")))
+    assert not [p.name for p in model_dir.rglob("*") if p.suffix in (".pkl", ".pickle", ".pth")]
 
     requirements = (model_dir / "requirements.txt").read_text().split()
     assert f"metaorch=={metaorch.__version__}" in requirements, requirements
@@ -68,3 +72,4 @@ def test_the_model_loads_in_a_fresh_environment_with_only_its_requirements(ray_s
     want_after = learner.model(learner.adapt(result.meta_params, sx, sy, config.algorithm.inner_steps), x).detach()
     torch.testing.assert_close(torch.tensor(got["before"]), learner.model(weights, x).detach())
     torch.testing.assert_close(torch.tensor(got["after"]), want_after, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(got["served"]), want_after, rtol=1e-4, atol=1e-5)
