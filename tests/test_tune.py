@@ -65,6 +65,7 @@ def test_the_parent_holds_the_best_config_and_figures(search, tmp_path):
     assert best["outer"]["lr"] == 0.01 and best["outer"]["iterations"] == ITERATIONS
     assert parent.data.metrics["val/loss"] == pytest.approx(good.data.metrics["val/loss"])
     assert parent.data.params["tune.metric"] == "val/loss" and parent.data.params["tune.scheduler"] == "asha"
+    assert parent.data.tags["mlflow.source.name"] == "metaorch tune" and "mlflow.source.git.commit" in parent.data.tags
 
 
 def test_each_trial_places_its_workers_in_its_own_bundles(search):
@@ -96,3 +97,13 @@ def test_a_bad_space_is_one_line_naming_the_key_exit_2(space, named, tmp_path, n
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err, err
     assert not (tmp_path / "m.db").exists()
+
+
+def test_submit_checks_the_space_before_it_contacts_the_cluster(tmp_path, no_ray_start, capsys):
+    """``metaorch submit --space`` runs ``metaorch tune`` as the job; a bad space never gets that far."""
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"algorithm.inner_lr": {"choice": [0.01, 0]}}))
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(CONFIG))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["submit", str(tmp_path / "job.yaml"), "--space", str(tmp_path / "space.yaml"), "--address", "http://127.0.0.1:9"])
+    assert exc.value.code == 2
+    assert "algorithm.inner_lr: {'choice': [0.01, 0]}: 0 is not a valid value" in capsys.readouterr().err
