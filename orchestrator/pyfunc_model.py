@@ -70,7 +70,7 @@ class MetaorchModel(mlflow.pyfunc.PythonModel):
         self.config, self.params = config, meta_params
         self.model, self.policy = build(config, meta_params)
 
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
         """``model_input``: the signature's named tensors (a dict of arrays). Not annotated: MLflow reads
         a type hint on it as a schema of its own (and warns that it is not one); the signature is the schema."""
         if not isinstance(model_input, dict):
