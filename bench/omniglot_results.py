@@ -8,6 +8,8 @@ Targets (issue 3), small sets only: Prototypical 5-way 1-shot >= 95% and 20-way 
 within 30 minutes; MAML 5-way 1-shot >= 90% within 60 minutes.
 
     python bench/omniglot_results.py [--only protonet,maml] [--set outer.iterations=100]
+
+The configs download the data; this bench reads ../shared/data/omniglot instead (--set data.root=... to change).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import ray  # noqa: E402
 from metaorch.orchestrator.config import load_config  # noqa: E402
 from metaorch.orchestrator.trainer import train  # noqa: E402
 
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "omniglot")  # the small sets beside this checkout
 METHODS = ("protonet", "maml", "fomaml", "anil", "metasgd", "reptile", "matching", "siamese", "mann", "snail")
 PUBLISHED = {
     "protonet": "98.8 / 96.0",
@@ -57,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
         for name in args.only.split(","):
-            config = load_config(f"configs/omniglot_{name}.yaml", [f"checkpoint.dir={tmp}/ckpt", *args.overrides])
+            config = load_config(f"configs/omniglot_{name}.yaml", [f"checkpoint.dir={tmp}/ckpt", f"data.root={SHARED}", "data.download=false", *args.overrides])
             run = train(config, tracking_uri=f"sqlite:///{tmp}/mlflow.db", progress=False)
             verdicts = []
             for key, bar, budget in TARGETS.get(name, []):

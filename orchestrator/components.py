@@ -134,7 +134,8 @@ def prepare_data(config: Config) -> None:
             for shots in e.shots or [t.shots]:
                 build_family(config, ways=ways, shots=shots, queries=e.queries).batch(descriptors(config.seed, "test", 0, 1))
     except ValueError as exc:  # the families' data errors (DatasetError) are ValueErrors
-        raise UserError(f"data.root={config.data.root}: {exc}") from None
+        field = "data.download" if config.data.root is None else f"data.root={config.data.root}"
+        raise UserError(f"{field}: {exc}") from None
 
 
 def build_env_family(config: Config):

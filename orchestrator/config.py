@@ -39,8 +39,10 @@ class TaskConfig(Section):
 
 
 class DataConfig(Section):
-    root: str | None = Field(None, description="directory holding the Omniglot archives or their extracted folders")
-    cache_dir: str | None = Field(None, description="preprocessed-array cache (default ~/.cache/metaorch)")
+    root: str | None = Field(None, description="directory holding the Omniglot archives or their extracted folders (default: cache_dir)")
+    cache_dir: str | None = Field(None, description="preprocessed-array cache (default ~/.cache/metaorch/omniglot)")
+    download: bool = Field(False, description="fetch the archives missing from root, SHA-256-checked, from the original repository")
+    url: str | None = Field(None, description="download from this base URL (a mirror) instead; else $METAORCH_OMNIGLOT_URL")
     split: Literal["auto"] | dict[Literal["train", "val", "test"], list[str]] = Field(
         "auto", description="'auto' or alphabet names per split: {train: [...], val: [...], test: [...]}"
     )
@@ -258,8 +260,8 @@ class Config(Section):
             raise ValueError(f"algorithm.carry_inner_state keeps the inner Adam's state: it needs algorithm.inner_optimizer=adam, not {self.algorithm.inner_optimizer}")
         if not family.batch_norm and not self.model.transductive:
             raise ValueError(f"model.transductive=false applies to Conv-4 batch norm; the {t.name} MLP has none")
-        if family.needs_data and self.data.root is None:
-            raise ValueError(f"data.root is required for task.name={t.name!r}: the directory holding the archives")
+        if family.needs_data and self.data.root is None and not self.data.download:
+            raise ValueError(f"data.root is required for task.name={t.name!r}: the directory holding the archives (or data.download: true)")
         ways = e.ways or [t.ways]
         if family.problem == "classification" and not method.any_ways and ways != [t.ways]:
             raise ValueError(f"eval.ways={ways}: {a} has a {t.ways}-way output layer; only [{t.ways}] is possible")

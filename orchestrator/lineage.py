@@ -28,7 +28,7 @@ from metaorch.orchestrator.tracking import Tracker
 
 log = logging.getLogger(__name__)
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the metaorch source tree (editable install: the checkout)
-_PATHS = ("root", "cache_dir")  # data locations: the dataset's source, not its options
+_PATHS = ("root", "cache_dir", "download", "url")  # where the data is and comes from: the source, not options
 _SIMULATORS = ("gymnasium", "mujoco", "metaworld")
 
 
@@ -114,8 +114,9 @@ def dataset(config: Config) -> Any:
     if not family.needs_data:
         return Described(CodeDatasetSource({"family": t.name, "generator": f"{cls.__module__}:{cls.__qualname__}"}), t.name, profile)
     from metaorch.tasks.omniglot.archives import find_archives
+    from metaorch.tasks.omniglot.data import data_root
 
-    root = Path(config.data.root).expanduser().absolute()
+    root = data_root(config.data.root, config.data.cache_dir).absolute()
     kind, archives = find_archives(root)
     profile |= {"set": kind, "split": config.data.split, "archives": {a.path.name: f"sha256:{a.fingerprint()}" for a in archives}}
     with warnings.catch_warnings():  # MLflow registers the local-file source twice and says so

@@ -6,7 +6,8 @@ zipped or extracted); the decoded images are cached once and memory-mapped by ev
 
 from __future__ import annotations
 
-from metaorch.tasks.omniglot.data import OmniglotData, default_cache_dir, load_omniglot
+from metaorch.tasks.omniglot.data import OmniglotData, data_root, default_cache_dir, load_omniglot
+from metaorch.tasks.omniglot.download import ensure_archives
 from metaorch.tasks.omniglot.episodes import Episode, OmniglotTasks
 from metaorch.tasks.omniglot.errors import DatasetError
 from metaorch.tasks.omniglot.images import preprocess_png, to_float
@@ -20,7 +21,9 @@ __all__ = [
     "OmniglotTasks",
     "OneShotRun",
     "SplitSpec",
+    "data_root",
     "default_cache_dir",
+    "ensure_archives",
     "load_omniglot",
     "preprocess_png",
     "read_runs",

@@ -13,7 +13,9 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -38,6 +40,13 @@ class OmniglotData:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "metaorch" / "omniglot"
+
+
+def data_root(root: str | Path | None, cache_dir: str | Path | None = None) -> Path:
+    """Where the archives are: ``root``, else the cache directory, where ``data.download`` puts them."""
+    if root is not None:
+        return Path(root).expanduser()
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
 def load_omniglot(root: str | Path, cache_dir: str | Path | None = None) -> OmniglotData:
@@ -113,11 +122,13 @@ def _write_cache(npy: Path, images: np.ndarray, meta: dict) -> None:
     """Array first, sidecar last, each via a temp file and ``os.replace``: a reader never sees
     half a file, and concurrent builders just replace identical content."""
     npy.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(npy, lambda f: np.save(f, images, allow_pickle=False))
-    _atomic(npy.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(npy, lambda f: np.save(f, images, allow_pickle=False))
+    atomic_write(npy.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temp file beside ``path``, then ``os.replace``: readers see the old file or the
+    whole new one, and an exception in ``write`` (a failed check) leaves nothing behind."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -16,7 +16,8 @@ import torch
 
 from metaorch.tasks.base import TaskBatch, TaskDescriptor
 from metaorch.tasks.omniglot.archives import DRAWINGS
-from metaorch.tasks.omniglot.data import OmniglotData, load_omniglot
+from metaorch.tasks.omniglot.data import OmniglotData, data_root, load_omniglot
+from metaorch.tasks.omniglot.download import ensure_archives
 from metaorch.tasks.omniglot.errors import DatasetError
 from metaorch.tasks.omniglot.images import PAPER, SIZE, to_float
 from metaorch.tasks.omniglot.splits import SplitSpec, split_characters
@@ -44,7 +45,7 @@ class OmniglotTasks:
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
         ways: int = 5,
         shots: int = 1,
         queries: int = 15,
@@ -52,11 +53,14 @@ class OmniglotTasks:
         split: SplitSpec = "auto",
         cache_dir: str | Path | None = None,
         shift: int = 0,
+        download: bool = False,
+        url: str | None = None,
     ):
+        """``root`` None: the cache directory; ``download``: fetch the archives missing there (:mod:`.download`)."""
         if ways < 1 or shots < 1 or queries < 0 or not 0 <= shift < SIZE // 2:
             raise ValueError(f"expected ways >= 1, shots >= 1, queries >= 0, 0 <= shift < {SIZE // 2}; got {ways}, {shots}, {queries}, {shift}")
         _check_drawings(shots, queries)
-        self.root = Path(root)
+        self.root = data_root(root, cache_dir)
         self.ways = ways
         self.shots = shots
         self.queries = queries
@@ -65,6 +69,8 @@ class OmniglotTasks:
         self.shift = shift  # training episodes only: augmentation never touches val or test
         self.split = split
         self.cache_dir = cache_dir
+        self.download = download
+        self.url = url
         self._data: OmniglotData | None = None
         self._classes: dict[str, np.ndarray] = {}
 
@@ -78,6 +84,8 @@ class OmniglotTasks:
     @property
     def data(self) -> OmniglotData:
         if self._data is None:
+            if self.download:
+                ensure_archives(self.root, self.url)
             self._data = load_omniglot(self.root, self.cache_dir)
         return self._data
 
