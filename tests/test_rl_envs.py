@@ -301,11 +301,19 @@ def test_bad_family_names_and_options_are_clear():
 
 
 def test_mujoco_warnings_are_python_warnings_without_blank_lines(capfd):
-    """MuJoCo's own handler printed every model-compile warning with a blank line after it:
-    `--quiet` meta-RL runs showed workers' logs full of empty lines. Now a Python warning."""
+    """MuJoCo's own handler printed every warning with a blank line after it: `--quiet` meta-RL
+    runs showed workers' logs full of empty lines. Now a Python warning. The trigger is an
+    unstable state (NaN velocity), which every MuJoCo version reports through its handler."""
+    import mujoco
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        make_family("half_cheetah_vel").make({"velocity": 1.0}).close()
+        env = make_family("half_cheetah_vel").make({"velocity": 1.0})
+        env.reset(seed=0)
+        model, data = env.unwrapped.model, env.unwrapped.data
+        data.qvel[0] = np.nan
+        mujoco.mj_step(model, data)
+        env.close()
     out, err = capfd.readouterr()
     assert "\n\n" not in out + err and not (out + err).startswith("\n"), repr(out + err)
     assert any("MuJoCo: " in str(w.message) for w in caught), [str(w.message) for w in caught]
