@@ -146,7 +146,7 @@ def run(argv: list[str]) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from metaorch.orchestrator import jobs
+    from metaorch.orchestrator import job_api, jobs
 
     if args.command == "submit":
         return jobs.submit(
@@ -155,12 +155,12 @@ def _jobs(args: argparse.Namespace) -> int:
             num_gpus=args.entrypoint_num_gpus, resources=args.entrypoint_resources, search=tune.search_arguments(args),
         )  # fmt: skip
     if args.jobs_command == "list":
-        return jobs.list_jobs(args.address)
+        return job_api.list_jobs(args.address)
     if args.jobs_command == "status":
-        return jobs.status(args.submission_id, args.address)
+        return job_api.status(args.submission_id, args.address)
     if args.jobs_command == "logs":
-        return jobs.logs(args.submission_id, args.address, args.follow)
-    return jobs.stop(args.submission_id, args.address)
+        return job_api.logs(args.submission_id, args.address, args.follow)
+    return job_api.stop(args.submission_id, args.address)
 
 
 class _Redact(logging.Filter):

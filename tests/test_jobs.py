@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from metaorch.orchestrator.jobs import wait_terminal
+from metaorch.orchestrator.job_api import wait_terminal
 from metaorch.orchestrator import cli
 from conftest import user_pids
 
