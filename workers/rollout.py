@@ -7,8 +7,10 @@ callable (returning an env family and a policy); :class:`RolloutPool` runs it in
 Speed: every plan of a call runs in its own thread, and each ``sample`` it makes waits at
 a barrier (:mod:`workers.barrier`); when every plan is waiting (or done), all their requests are stepped together
 in one loop: one policy forward per distinct parameter vector per step (one in all for a
-pre-adaptation batch), then each environment's ``step`` directly, no vector-env layer,
-into preallocated numpy buffers. Environments are reused across tasks (``family.assign``).
+pre-adaptation batch), then one call of :func:`tasks.rl.batched.stepper`'s stepper for all
+environments (HalfCheetah: MuJoCo steps each env's data, numpy computes all observations
+and rewards at once; other envs: each one's own ``step``), no vector-env layer, into
+preallocated numpy buffers. Environments are reused across tasks (``family.assign``).
 
 Determinism: an episode is fixed by its task descriptor, the number of the plan's
 ``sample`` call and the episode's number: its reset seed and its action noise come from
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from metaorch.algorithms.rl.trajectories import SUCCESS_KEY, Plan, Policy, Trajectories
+from metaorch.algorithms.rl.trajectories import Plan, Policy, Trajectories
 from metaorch.tasks.base import TaskDescriptor
 from metaorch.workers.barrier import Barrier, Request
 from metaorch.workers.chunks import chunk
@@ -79,8 +81,10 @@ def episode_streams(descriptor: TaskDescriptor, call: int, episode: int) -> tupl
 
 
 class RolloutWorker:
-    def __init__(self, build: Build, device: torch.device = torch.device("cpu")):
-        self.device = device
+    def __init__(self, build: Build, device: torch.device = torch.device("cpu"), batched: bool = True):
+        """``batched=False`` steps every environment through its own gymnasium ``step`` even
+        where :mod:`tasks.rl.batched` has a batched stepper (the same trajectories, slower)."""
+        self.device, self.batched = device, batched
         self.family, self.policy = build()
         if hasattr(self.policy, "to"):
             self.policy.to(self.device)
@@ -153,7 +157,9 @@ class RolloutWorker:
         return self.envs[: len(tasks)]
 
     def rollout(self, requests: Sequence[Request]) -> list[Trajectories]:
-        """Step every episode of every request to the end; one forward per parameter group per step."""
+        """Step every episode of every request to the end; one forward per parameter group per step,
+        one call of the family's stepper (:mod:`tasks.rl.batched`) for all environments."""
+        from metaorch.tasks.rl.batched import stepper  # MuJoCo loads where environments step
         slots = [(r, e) for r in requests for e in range(r.episodes)]
         n, horizon, d = len(slots), self.horizon, self.obs_dim
         envs = self._envs_for([r.task for r, _ in slots])
@@ -174,10 +180,11 @@ class RolloutWorker:
         groups = self._groups(requests)
         noise_t = torch.as_tensor(noise, device=self.device)
         state = self.policy.initial_state(max(n, MIN_ROWS))
-        active = list(range(n))
+        steps = stepper(envs, d, self.batched)
+        active = np.arange(n)
         with torch.inference_mode():
             for t in range(horizon):
-                if not active:
+                if not len(active):
                     break
                 obs[t] = current[:n]
                 act, logp, state = self._act(groups, torch.as_tensor(current, device=self.device), state, noise_t[t])
@@ -185,18 +192,11 @@ class RolloutWorker:
                 actions[t], log_probs[t] = act, logp
                 to_env = act if self.discrete else np.clip(act, self.low, self.high)
                 mask[t, active] = 1.0
-                still = []
-                for i in active:
-                    o, reward, term, trunc, info = envs[i].step(to_env[i])
-                    current[i] = o.reshape(-1) if isinstance(o, np.ndarray) else o
-                    rewards[t, i] = reward
-                    success[t, i] = info.get(SUCCESS_KEY, 0.0)
-                    if term:
-                        terminated[t, i] = True
-                    if not (term or trunc):
-                        still.append(i)
+                step = steps.step(to_env, active)
+                current[active] = step.observations
+                rewards[t, active], success[t, active], terminated[t, active] = step.rewards, step.success, step.terminated
                 next_obs[t] = current[:n]
-                active = still
+                active = active[~(step.terminated | step.truncated)]
         real = mask > 0
         obs[~real], next_obs[~real], actions[~real] = 0, 0, 0
         out, start = [], 0

@@ -43,6 +43,8 @@ if mujoco.get_mju_user_warning() is None:  # leave a handler the user installed 
 
 
 class HalfCheetahVelEnv(HorizonMixin, HalfCheetahEnv):
+    task_attribute = "target_velocity"  # the task, as tasks/rl/batched.py reads it off each env
+
     def __init__(self, target_velocity: float, horizon: int = 200, ctrl_cost_weight: float = 0.05, **kwargs: Any):
         super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         EzPickle.__init__(self, target_velocity, horizon, ctrl_cost_weight, **kwargs)
@@ -51,13 +53,20 @@ class HalfCheetahVelEnv(HorizonMixin, HalfCheetahEnv):
     def set_task(self, params: TaskParams) -> None:
         self.target_velocity = params["velocity"]
 
+    @staticmethod
+    def forward_reward(x_velocity, target_velocity):
+        """Of floats, or of arrays (tasks/rl/batched.py): one definition for both paths."""
+        return -abs(x_velocity - target_velocity)
+
     def _get_rew(self, x_velocity: float, action: np.ndarray):
-        forward = -abs(x_velocity - self.target_velocity)
+        forward = self.forward_reward(x_velocity, self.target_velocity)
         ctrl = self.control_cost(action)
         return forward - ctrl, {"reward_forward": forward, "reward_ctrl": -ctrl}
 
 
 class HalfCheetahDirEnv(HorizonMixin, HalfCheetahEnv):
+    task_attribute = "direction"
+
     def __init__(self, direction: float, horizon: int = 200, ctrl_cost_weight: float = 0.05, **kwargs: Any):
         super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         EzPickle.__init__(self, direction, horizon, ctrl_cost_weight, **kwargs)
@@ -66,8 +75,12 @@ class HalfCheetahDirEnv(HorizonMixin, HalfCheetahEnv):
     def set_task(self, params: TaskParams) -> None:
         self.direction = params["direction"]
 
+    @staticmethod
+    def forward_reward(x_velocity, direction):
+        return direction * x_velocity
+
     def _get_rew(self, x_velocity: float, action: np.ndarray):
-        forward = self.direction * x_velocity
+        forward = self.forward_reward(x_velocity, self.direction)
         ctrl = self.control_cost(action)
         return forward - ctrl, {"reward_forward": forward, "reward_ctrl": -ctrl}
 
