@@ -106,7 +106,7 @@ def run(argv: list[str]) -> int:
         return tune.run_command(args)
 
     from metaorch.orchestrator.console import print_estimates
-    from metaorch.orchestrator.tracking import ui_command
+    from metaorch.orchestrator.mlflow_client import ui_command
     from metaorch.orchestrator.tracking_off import METRICS_FILE, tracking_off
     from metaorch.orchestrator.trainer import evaluate, train
     from metaorch.workers import PoolExhausted

@@ -107,7 +107,7 @@ def tracking_uri(given: str | None, config: Config) -> str:
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    from metaorch.orchestrator.tracking import ui_command
+    from metaorch.orchestrator.mlflow_client import ui_command
 
     return f"run {run_id} in {uri} (open with: {ui_command(uri)})"
 
@@ -144,7 +144,7 @@ def submit(
         print(f"note: the job logs to {uri}, a path: the job must run on this machine (use an http(s) tracking server otherwise)", file=sys.stderr)
 
     from metaorch.orchestrator.lineage import git_tags
-    from metaorch.orchestrator.tracking import client, experiment_for
+    from metaorch.orchestrator.mlflow_client import client, experiment_for
 
     # Ray uploads the package during submit_job; the local copy is not needed after it.
     with tempfile.TemporaryDirectory(prefix="metaorch-code-") as build:

@@ -10,7 +10,7 @@ from pathlib import Path
 from metaorch.orchestrator import checkpoint as ckpt_io
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.preflight import sqlite_path
-from metaorch.orchestrator.tracking import client
+from metaorch.orchestrator.mlflow_client import client
 from metaorch.orchestrator.tracking_off import tracking_off
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -22,7 +22,8 @@ from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.evaluation import Estimates, estimate, evaluation_modes
 from metaorch.orchestrator.preflight import check_tracking_uri, tracking_uri_for
 from metaorch.orchestrator.runs import resolve_checkpoint
-from metaorch.orchestrator.tracking import Tracker, client
+from metaorch.orchestrator.mlflow_client import client
+from metaorch.orchestrator.tracking import Tracker
 from metaorch.orchestrator.tracking_off import start_tracker
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import sys
 import tempfile
 import threading
 import time
@@ -29,32 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metaorch.orchestrator.mlflow_client import client, experiment_for
+
 log = logging.getLogger(__name__)
 
-# Defaults for an impatient client; a user's own environment settings win.
-_CLIENT_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
 _MAX_BATCH = 1000
 # How long ``close`` goes on delivering to an unreachable or silent server before it leaves the
 # rest on disk: the longest a run's end waits on tracking.
 CLOSE_TIMEOUT_S = 120.0
 _PARENT_TAG = "mlflow.parentRunId"
-
-
-def configure_client_env() -> None:
-    for key, value in _CLIENT_ENV.items():
-        os.environ.setdefault(key, value)
-
-
-def client(uri: str):
-    configure_client_env()
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def _transient(exc: Exception) -> bool:
@@ -65,32 +46,6 @@ def _transient(exc: Exception) -> bool:
         status = exc.get_http_status_code()
         return status >= 500 or status == 429
     return isinstance(exc, OSError) or type(exc).__name__ == "OperationalError"
-
-
-# The MLflow 3 UI opens an experiment in the view its kind names: "custom_model_development" is
-# "Machine learning" (runs, models, metrics), not "genai_development" (traces). The tag is read
-# as "mlflow.experimentKind" by the UI (enum ExperimentKind in mlflow/server/js) and set the same
-# way by mlflow/demo/generators/traces.py.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def experiment_for(c: Any, name: str) -> str:
-    """The id of experiment ``name``; created, tagged for the model-training view, if it does not exist."""
-    exp = c.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else c.create_experiment(name, tags=EXPERIMENT_TAGS)
-
-
-def ui_command(uri: str) -> str:
-    """What to type to look at ``uri``: the ``mlflow`` next to this interpreter (the venv's)."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
-    exe = Path(sys.executable).parent / "mlflow"
-    if exe.exists():
-        try:
-            exe = exe.relative_to(Path.cwd())
-        except ValueError:
-            pass
-    return f"{exe if exe.exists() else 'mlflow'} ui --backend-store-uri {uri}"
 
 
 class Tracker:

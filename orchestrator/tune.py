@@ -104,7 +104,7 @@ def _trial(sample: dict[str, Any], *, base: Config, uri: str, parent_run_id: str
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
     from ray import tune
 
-    from metaorch.orchestrator.tracking import client
+    from metaorch.orchestrator.mlflow_client import client
     from metaorch.orchestrator.trainer import train
 
     config = trial_config(base, sample)
@@ -220,7 +220,7 @@ def _search(
 
 def _outcomes(grid: Any, uri: str, metric: str, iterations: int) -> list[Trial]:
     """Every trial's end; runs a stopped trial's actor left RUNNING are ended here (KILLED, tagged)."""
-    from metaorch.orchestrator.tracking import client
+    from metaorch.orchestrator.mlflow_client import client
 
     c = client(uri)
     out = []
@@ -276,7 +276,7 @@ def search_arguments(args: Any) -> list[str] | None:
 def run_command(args: Any) -> int:
     """``metaorch tune``: the search, then the best trial and where to look."""
     from metaorch.orchestrator.config import load_config
-    from metaorch.orchestrator.tracking import ui_command
+    from metaorch.orchestrator.mlflow_client import ui_command
 
     config = load_config(args.config, args.overrides)
     result = tune(

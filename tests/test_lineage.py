@@ -17,7 +17,8 @@ from conftest import OMNIGLOT_SMALL, omniglot_root, tiny_config
 
 from metaorch.orchestrator.config import from_dict
 from metaorch.orchestrator.lineage import CODE_ROOT, git_tags, log_lineage
-from metaorch.orchestrator.tracking import Tracker, client
+from metaorch.orchestrator.mlflow_client import client
+from metaorch.orchestrator.tracking import Tracker
 from metaorch.orchestrator.tracking_off import NullTracker
 from metaorch.orchestrator.trainer import train
 

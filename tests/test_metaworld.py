@@ -21,7 +21,7 @@ from metaorch.orchestrator import evaluate, train
 from metaorch.orchestrator.components import build_policy, build_rl
 from metaorch.orchestrator.config import deep_merge, from_dict
 from metaorch.orchestrator.success import by_class, meta_test_estimates, training_metrics, trial_episode_success
-from metaorch.orchestrator.tracking import client
+from metaorch.orchestrator.mlflow_client import client
 from metaorch.tasks.base import TaskDescriptor, descriptors
 from metaorch.tasks.rl import make_family
 from metaorch.tasks.rl.metaworld import MetaWorld, load_benchmark

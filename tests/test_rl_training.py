@@ -10,7 +10,7 @@ from metaorch.algorithms.rl import Trajectories
 from metaorch.algorithms.rl.rl2 import trial_episode_returns
 from metaorch.orchestrator import evaluate, train
 from metaorch.orchestrator.config import deep_merge, from_dict
-from metaorch.orchestrator.tracking import client
+from metaorch.orchestrator.mlflow_client import client
 
 QUIET = {"at_end": False}
 

@@ -11,7 +11,8 @@ from conftest import tiny_config
 
 from metaorch.orchestrator.supervised import SupervisedRunner
 from metaorch.orchestrator.system_metrics import SystemMetrics, system_metrics, worker_nodes
-from metaorch.orchestrator.tracking import Tracker, client
+from metaorch.orchestrator.mlflow_client import client
+from metaorch.orchestrator.tracking import Tracker
 from metaorch.orchestrator.trainer import train
 
 CPU, MEMORY_PCT = "system/cpu_utilization_percentage", "system/system_memory_usage_percentage"

@@ -12,7 +12,7 @@ import yaml
 import pytest
 
 from metaorch.orchestrator import cli
-from metaorch.orchestrator.tracking import client
+from metaorch.orchestrator.mlflow_client import client
 from metaorch.orchestrator.tune import STOPPED_TAG
 
 ITERATIONS, VAL_EVERY = 4, 2
