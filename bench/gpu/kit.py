@@ -12,7 +12,7 @@ neither in it, on the GPU machine, nor left out on purpose (``LEFT_OUT``).
 Ray is repacked smaller, still a valid wheel (RECORD rewritten): without the Java workers'
 jar, the dashboard's web client, the libraries metaorch never imports (RLlib, Data, Serve,
 Tune, Train, LLM, AIR) and the symbol tables of its three native binaries. Even so the set is
-74 MiB as PyPI compresses it (deflate), so the four largest wheels (ray, numpy, mujoco-core,
+74 MiB as PyPI compresses it (deflate), so the four largest wheels (ray, numpy, mujoco,
 pillow) are recompressed with LZMA, a ZIP method that pip's installer reads through Python's
 zipfile: 17 MiB less. The other wheels go as PyPI built them. The small Omniglot background
 set travels too (``omniglot/``), for the Conv-4 bench. Over ``LIMIT`` in all, the build fails.
@@ -50,10 +50,11 @@ WHEELS = [
     "numpy==2.4.6", "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0",
     "typing-inspection==0.4.5", "tqdm==4.70.1",
     "pillow==13.0.0",  # Omniglot's PNGs (tasks.omniglot.images)
-    # meta-RL environments: gymnasium's MuJoCo envs import mujoco, glfw and imageio. The
-    # simulator is mujoco-core; mujoco-studio (a viewer) and pyopengl (rendering) stay out.
+    "psutil==7.2.2", "nvidia-ml-py==13.615.71",  # system metrics (pynvml: the GPU's utilisation)
+    # meta-RL environments: gymnasium's MuJoCo envs import mujoco, glfw and imageio; pyopengl
+    # (rendering) stays out. mujoco 3.3.0 is the version metaworld pins (one wheel, no mujoco-core).
     "gymnasium==1.2.2", "cloudpickle==3.1.3", "farama-notifications==0.0.6",
-    "mujoco==4.0.1", "mujoco-core==4.0.1", "glfw==2.11.0", "imageio==2.38.2",
+    "mujoco==3.3.0", "glfw==2.11.0", "imageio==2.38.2",
     # the check itself: pytest, and the bench's baselines (higher; TorchOpt, pure Python, and optree)
     "pytest==9.2.0", "pluggy==1.7.0", "iniconfig==2.3.1", "pygments==2.21.0", "pytest-timeout==2.4.0",
     "higher==0.2.1", "torchopt==0.7.3", "optree==0.20.0", "graphviz==0.21",  # torchopt imports graphviz
@@ -64,7 +65,9 @@ ON_MACHINE = {"torch", "filelock", "typing-extensions", "sympy", "networkx", "ji
 LEFT_OUT = {
     "mlflow": "tracking.uri none imports no MLflow",
     "matplotlib": "plots are drawn only for MLflow runs' artifacts and regression previews (plot_tasks)",
-    "mujoco-studio": "MuJoCo's viewer",
+    "metaworld": "imported only by the Meta-World task family, which the check does not run",
+    "absl-py": "imported by MuJoCo's MJX and model tools, not by `import mujoco`",
+    "etils": "imported by MuJoCo's MJX and model tools, not by `import mujoco`",
     "pyopengl": "MuJoCo's rendering",
 }
 PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64"]
@@ -75,7 +78,7 @@ RAY_DROPPED = (
 )  # fmt: skip
 RAY_STRIPPED = ("ray/_raylet.so", "ray/core/src/ray/gcs/gcs_server", "ray/core/src/ray/raylet/raylet")
 # wheel name prefix -> (paths dropped, binaries stripped); these are rewritten with LZMA
-REPACKED = {"ray-": (RAY_DROPPED, RAY_STRIPPED), "numpy-": ((), ()), "mujoco_core-": ((), ()), "pillow-": ((), ())}
+REPACKED = {"ray-": (RAY_DROPPED, RAY_STRIPPED), "numpy-": ((), ()), "mujoco-": ((), ()), "pillow-": ((), ())}
 OMNIGLOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
 OMNIGLOT_FILES = ("images_background_small1.zip", "LICENSE")
 
