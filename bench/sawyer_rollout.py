@@ -20,9 +20,12 @@ of the family's config: 64-64 for HalfCheetah, 256-256 for Meta-World):
           classes, ``--sawyer-episodes`` episodes each (500 steps)
 
 Targets (issue 17): ours >= 0.9 x bare, ours >= 1.5 x async, ours >= 0.8 x raw (HalfCheetah;
-the Sawyer ratio is reported). Run it on an idle machine; the load average is printed:
+the Sawyer ratio is reported). Everything is built and warmed up first; then ``--rounds``
+rounds measure each contender in turn for ``--seconds``, and each one's best round counts
+(on a shared machine the load drifts between contenders). Run it on an idle machine; the
+load average is printed each round:
 
-    python bench/sawyer_rollout.py [--seconds 10] [--envs 20] [--sawyer-episodes 1] [--only cheetah|sawyer]
+    python bench/sawyer_rollout.py [--seconds 10] [--rounds 1] [--envs 20] [--sawyer-episodes 1] [--only cheetah|sawyer]
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -169,7 +174,11 @@ def per_core(fn: Callable, which: str, tasks: dict[str, Any] | None, seconds: fl
 
 
 # -- gymnasium's AsyncVectorEnv ---------------------------------------------------------------
-def vector_async(which: str, seconds: float, num_envs: int = 10) -> float:
+Measure = Callable[[float], float]  # seconds -> steps per second
+
+
+def vector_async(which: str, stack: ExitStack, num_envs: int = 10) -> Measure:
+    """The vector env, built and warmed up once; each measurement steps it for ``seconds``."""
     import gymnasium as gym
 
     if which == "cheetah":
@@ -179,59 +188,66 @@ def vector_async(which: str, seconds: float, num_envs: int = 10) -> float:
 
         envs = gym.make_vec("Meta-World/ML10-train", vector_strategy="async", meta_batch_size=num_envs, seed=SEED)
         envs.call("sample_tasks")  # a goal per env, as metaworld's evaluation does before its first reset
+    stack.callback(envs.close)
     act = _policy(which)
-    try:
-        obs, _ = envs.reset(seed=SEED)
-        for _ in range(20):  # warm up
-            obs = envs.step(act(obs))[0]
+    obs = [envs.reset(seed=SEED)[0]]
+    for _ in range(20):  # warm up
+        obs[0] = envs.step(act(obs[0]))[0]
+
+    def measure(seconds: float) -> float:
         steps, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            obs = envs.step(act(obs))[0]  # the vector env resets finished episodes itself (same step)
+            obs[0] = envs.step(act(obs[0]))[0]  # the vector env resets finished episodes itself (same step)
             steps += envs.num_envs
         return steps / elapsed
-    finally:
-        envs.close()
+
+    return measure
 
 
 # -- ours ------------------------------------------------------------------------------------
-def ours(which: str, seconds: float, envs: int, sawyer_episodes: int) -> float:
-    """Steps per second of 2 rollout workers (1 CPU each) through RolloutPool.run_plan."""
+def ours(which: str, stack: ExitStack, envs: int, sawyer_episodes: int) -> Measure:
+    """2 rollout workers (1 CPU each) through RolloutPool.run_plan, built and warmed up once."""
     from functools import partial
 
+    import ray
+
+    import rollout_speed  # bench/ is on sys.path as a script; the actors get its plan class by value
     from metaorch.orchestrator.components import build_rl
     from metaorch.orchestrator.config import from_dict
     from metaorch.tasks.base import descriptors
     from metaorch.workers import Resources
-    import ray
-
     from metaorch.workers.rollout import RolloutPool
-    import rollout_speed  # bench/ is on sys.path as a script; the actors get its plan class by value
 
     ray.cloudpickle.register_pickle_by_value(rollout_speed)
-    Episodes = rollout_speed.Episodes
-
     build = partial(build_rl, from_dict(CONFIGS[which]))
     pool = RolloutPool(build, CORES, Resources(num_cpus=1, threads=1))
+    stack.callback(pool.shutdown)
     if which == "cheetah":  # one task per worker, ``envs`` episodes of it stepped together
-        count, chunk, plan = CORES, 1, Episodes(envs)
+        count, chunk, plan = CORES, 1, rollout_speed.Episodes(envs)
     else:  # each worker: a chunk of ten tasks, one per ML10 train class
-        count, chunk, plan = 10 * CORES, 10, Episodes(sawyer_episodes)
-    try:
-        params = build()[1].init_params(SEED).numpy()
-        pool.run_plan(params, descriptors(SEED, "train", 0, count), plan, chunk)  # warm up: envs (and ML10) built
-        steps, calls, start = 0.0, 0, time.perf_counter()
+        count, chunk, plan = 10 * CORES, 10, rollout_speed.Episodes(sawyer_episodes)
+    params = build()[1].init_params(SEED).numpy()
+    calls = [0]
+    pool.run_plan(params, descriptors(SEED, "train", 0, count), plan, chunk)  # warm up: envs (and ML10) built
+
+    def measure(seconds: float) -> float:
+        steps, start = 0.0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            outputs = pool.run_plan(params, descriptors(SEED, "train", calls + 1, count), plan, chunk)
+            calls[0] += 1
+            outputs = pool.run_plan(params, descriptors(SEED, "train", calls[0], count), plan, chunk)
             steps += sum(float(out["trajectories"].mask.sum()) for out in outputs)
-            calls += 1
         return steps / elapsed
-    finally:
-        pool.shutdown()
+
+    return measure
+
+
+LABELS = {"raw": f"raw MuJoCo, {CORES} processes", "bare": f"bare loop + policy, {CORES} processes", "async": "AsyncVectorEnv x 10 + policy", "ours": f"ours, {CORES} RolloutWorkers"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per contender")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per contender and round")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of all contenders; each one's best round counts")
     parser.add_argument("--envs", type=int, default=20, help="HalfCheetahVel episodes per worker and call (ours)")
     parser.add_argument("--sawyer-episodes", type=int, default=1, help="episodes per ML10 class per worker and call (ours)")
     parser.add_argument("--only", choices=sorted(CONFIGS), help="one of the two families")
@@ -240,30 +256,31 @@ def main() -> None:
     import ray
 
     began = time.perf_counter()
-    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores", flush=True)
     families = [args.only] if args.only else ["cheetah", "sawyer"]
     tasks = _sawyer_tasks() if "sawyer" in families else None
-    rates: dict[tuple[str, str], float] = {}
-    for which in families:
-        rates[which, "raw"] = per_core(_raw, which, tasks, args.seconds)
-        print(f"{which:8s} raw MuJoCo, {CORES} processes:             {rates[which, 'raw']:9.0f} steps/s", flush=True)
-        rates[which, "bare"] = per_core(_bare, which, tasks, args.seconds)
-        print(f"{which:8s} bare loop + policy, {CORES} processes:     {rates[which, 'bare']:9.0f} steps/s", flush=True)
-        rates[which, "async"] = vector_async(which, args.seconds)
-        print(f"{which:8s} AsyncVectorEnv x 10 + policy:          {rates[which, 'async']:9.0f} steps/s", flush=True)
     ray.init(num_cpus=CORES, include_dashboard=False, logging_level="ERROR", address="local", log_to_driver=False)
-    try:
-        for which in families:
-            rates[which, "ours"] = ours(which, args.seconds, args.envs, args.sawyer_episodes)
-            print(f"{which:8s} ours, {CORES} RolloutWorkers:                {rates[which, 'ours']:9.0f} steps/s", flush=True)
-    finally:
-        ray.shutdown()
+    with ExitStack() as stack:
+        stack.callback(ray.shutdown)
+        contenders: dict[tuple[str, str], Measure] = {}
+        for which in families:  # everything built and warmed up before the first measurement
+            contenders[which, "raw"] = partial(per_core, _raw, which, tasks)
+            contenders[which, "bare"] = partial(per_core, _bare, which, tasks)
+            contenders[which, "async"] = vector_async(which, stack)
+            contenders[which, "ours"] = ours(which, stack, args.envs, args.sawyer_episodes)
+        best: dict[tuple[str, str], float] = {}
+        for r in range(args.rounds):
+            print(f"round {r + 1}: load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores", flush=True)
+            for (which, kind), measure in contenders.items():
+                rate = measure(args.seconds)
+                best[which, kind] = max(rate, best.get((which, kind), 0.0))
+                print(f"  {which:8s} {LABELS[kind]:38s} {rate:9.0f} steps/s", flush=True)
     for which in families:
-        r = {k: v for (w, k), v in rates.items() if w == which}
+        b = {kind: v for (w, kind), v in best.items() if w == which}
         raw_target = "target >= 0.8" if which == "cheetah" else "reported"
+        print(f"{which:8s} best of {args.rounds}: " + ", ".join(f"{kind} {v:.0f}" for kind, v in b.items()))
         print(
-            f"{which:8s} ours / bare = {r['ours'] / r['bare']:.2f} (target >= 0.9)   ours / async = {r['ours'] / r['async']:.2f} "
-            f"(target >= 1.5)   ours / raw = {r['ours'] / r['raw']:.2f} ({raw_target})"
+            f"{which:8s} ours / bare = {b['ours'] / b['bare']:.2f} (target >= 0.9)   ours / async = {b['ours'] / b['async']:.2f} "
+            f"(target >= 1.5)   ours / raw = {b['ours'] / b['raw']:.2f} ({raw_target})"
         )
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min); total {time.perf_counter() - began:.0f} s")
 
