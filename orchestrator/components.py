@@ -24,13 +24,22 @@ from metaorch.tasks import TaskFamily, descriptors
 LOSSES = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
 
 
-def build_family(config: Config, ways: int | None = None, shots: int | None = None, queries: int | None = None) -> TaskFamily:
+def build_family(
+    config: Config, ways: int | None = None, shots: int | None = None, queries: int | None = None, data: Any = None
+) -> TaskFamily:
     """The config's task family, optionally at another N, K or Q (meta-test settings): the
-    registered class, given the ``task`` and ``data`` fields its constructor names."""
+    registered class, given the ``task`` and ``data`` fields its constructor names. ``data``:
+    what :func:`prepare_data` read, or its object-store reference (:func:`share_data`), attached
+    instead of reading ``data.root``."""
     cls = registry.task(config.task.name).builder()
     fields = config.data.model_dump() | config.task.model_dump()
     fields |= {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries)) if v is not None}
-    return cls(**{k: fields[k] for k in inspect.signature(cls).parameters if k in fields})
+    family = cls(**{k: fields[k] for k in inspect.signature(cls).parameters if k in fields})
+    if data is not None:
+        import ray
+
+        family.attach(ray.get(data) if isinstance(data, ray.ObjectRef) else data)
+    return family
 
 
 def model_for(config: Config, family: TaskFamily) -> FunctionalModel:
@@ -115,27 +124,42 @@ def snail(config: Config, family: TaskFamily) -> MetaLearner:
     return SNAIL(config.task.ways, shots=config.task.shots, **_episodic(config))
 
 
-def build_components(config: Config) -> tuple[TaskFamily, MetaLearner]:
-    family = build_family(config)
+def build_components(config: Config, data: Any = None) -> tuple[TaskFamily, MetaLearner]:
+    """The family and learner; ``data`` as in :func:`build_family` (a worker's build carries the reference)."""
+    family = build_family(config, data=data)
     return family, registry.method(config.algorithm.name).builder()(config, family)
 
 
-def prepare_data(config: Config) -> None:
+def prepare_data(config: Config) -> Any:
     """For families that read data: build the cache once, in the driver, and fail with exit 2 on
-    bad data before any worker starts: one episode of every split and meta-test setting is built here."""
+    bad data before any worker starts: one episode of every split and meta-test setting is built here.
+    Returns the data read (None for generated families): the driver's copy, which workers receive."""
     if not registry.task(config.task.name).needs_data:
-        return
+        return None
     e, t = config.eval, config.task
     try:
         family = build_family(config)
+        data = family.data
         for split in ("train", "val", "test"):
             family.batch(descriptors(config.seed, split, 0, 1))
         for ways in e.ways or [t.ways]:
             for shots in e.shots or [t.shots]:
-                build_family(config, ways=ways, shots=shots, queries=e.queries).batch(descriptors(config.seed, "test", 0, 1))
+                build_family(config, ways=ways, shots=shots, queries=e.queries, data=data).batch(descriptors(config.seed, "test", 0, 1))
+        return data
     except ValueError as exc:  # the families' data errors (DatasetError) are ValueErrors
         field = "data.download" if config.data.root is None else f"data.root={config.data.root}"
         raise UserError(f"{field}: {exc}") from None
+
+
+def share_data(data: Any) -> Any:
+    """What :func:`prepare_data` read, put once into Ray's object store (None stays None). Every
+    worker's build carries the reference, as the meta-parameters travel once per iteration: a node
+    holds one shared copy that its workers read zero-copy, so no worker node needs ``data.root``."""
+    if data is None:
+        return None
+    import ray
+
+    return ray.put(data)
 
 
 def build_env_family(config: Config):

@@ -33,6 +33,7 @@ class Runner(ABC):
     pool_class: ClassVar[type[WorkerPool]]
     test_on_pool: ClassVar[bool]  # the meta-test runs on the workers (else in the driver, without a pool)
     reserved_gpus: float = 0.0  # GPUs a learner actor holds, which workers cannot have (set by ``reserve``)
+    worker_data: Any = None  # an object-store reference every worker's build receives (set by ``start``)
 
     @staticmethod
     @abstractmethod
@@ -40,10 +41,10 @@ class Runner(ABC):
         """What each worker builds itself from (called in the worker; picklable via ``partial``)."""
 
     @classmethod
-    def make_pool(cls, config: Config, size: int) -> WorkerPool:
-        """The pool of ``size`` workers this runner's iterations and meta-test run on."""
+    def make_pool(cls, config: Config, size: int, data: Any = None) -> WorkerPool:
+        """The pool of ``size`` workers this runner's iterations and meta-test run on (``data``: ``worker_data``)."""
         w = config.workers
-        build: Callable[[], Any] = partial(cls.worker_build, config)
+        build: Callable[[], Any] = partial(cls.worker_build, config) if data is None else partial(cls.worker_build, config, data)
         return cls.pool_class(
             build,
             size,

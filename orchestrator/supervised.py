@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from metaorch.orchestrator.aggregation import chunk, reduce_in_order
-from metaorch.orchestrator.components import build_components, prepare_data
+from metaorch.orchestrator.components import build_components, prepare_data, share_data
 from metaorch.orchestrator.config import Config
 from metaorch.orchestrator.evaluation import Estimates, accuracies, classification_test, meta_test
 from metaorch.orchestrator.learner import Learner, RemoteLearner
@@ -33,8 +33,8 @@ class SupervisedRunner(Runner):
 
     def __init__(self, config: Config):
         self.config = config
-        prepare_data(config)
-        self.family, self.local = build_components(config)  # the driver's copy: validation, meta-test, export
+        self.data = prepare_data(config)  # read once, here: workers get it through the object store
+        self.family, self.local = build_components(config, self.data)  # the driver's copy: validation, meta-test, export
         self.val_tasks = descriptors(config.seed, "val", 0, config.eval.val_tasks)
         self.learner: Learner | RemoteLearner | None = None
         self.remote = False
@@ -57,6 +57,7 @@ class SupervisedRunner(Runner):
         self.carried = params[stepped:].clone()
         params = params[:stepped]
         self.learner = RemoteLearner(params, c.outer, c.learner.num_gpus) if self.remote else Learner(params, c.outer)
+        self.worker_data = share_data(self.data)
 
     def iteration(self, pool: WorkerPool, it: int) -> dict[str, float]:
         o = self.config.outer

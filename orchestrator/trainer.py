@@ -69,7 +69,7 @@ def train(
             if start is not None:
                 runner.load_state_dict(start.optimizer)
                 torch.set_rng_state(start.torch_rng)
-            pool = runner.make_pool(config, size)
+            pool = runner.make_pool(config, size, runner.worker_data)
             try:
                 tracker = start_tracker(
                     uri,

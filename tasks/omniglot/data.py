@@ -1,8 +1,9 @@
 """Omniglot preprocessed once into a memory-mapped cache.
 
-Decoding 32k PNGs takes seconds per process; every Ray worker builds episodes, so the
-decoded array is written once as a .npy keyed by the archives' contents and then mapped
-read-only: workers on one machine share its pages instead of each holding a copy.
+Decoding 32k PNGs takes seconds, so the decoded array is written once as a .npy keyed by the
+archives' contents and then mapped read-only. The driver reads it and ships it to the workers
+through Ray's object store (one put; :meth:`OmniglotData.__reduce__`), so worker nodes need
+neither the archives nor the cache.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ class OmniglotData:
     char_names: list[str]  # "Greek/character05"
     source: Source
     key: str
-    path: Path | None  # the cache file; None if it could not be written
+    path: Path | None  # the cache file; None if it could not be written, or received through Ray
+
+    def __reduce__(self) -> tuple:
+        """Pickled (one ``ray.put`` by the driver): the images as a plain array, which Ray's pickle 5 sends
+        out of band and every worker of a node reads zero-copy (read-only) from its shared copy; a memmap
+        would travel in band and arrive as a private copy. The cache file stays behind."""
+        return OmniglotData, (np.asarray(self.images), self.alphabets, self.char_alphabet, self.char_names, self.source, self.key, None)
 
 
 def default_cache_dir() -> Path:

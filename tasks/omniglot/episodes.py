@@ -2,8 +2,8 @@
 
 Like the sinusoid family, an episode is a pure function of its descriptor: its own random
 stream picks the classes, drawings and orders, so any worker rebuilds it bit for bit. The
-family is shipped to every Ray worker, so it is cheap to pickle and maps the cached array
-only on its first batch.
+family is cheap to pickle: the arrays reach a worker separately, attached from the object
+store (or, without one, mapped from the cache on the first batch).
 """
 
 from __future__ import annotations
@@ -75,11 +75,16 @@ class OmniglotTasks:
         self._classes: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict:
-        """Pickles the arguments only: each worker maps the cache itself rather than receiving a copy."""
+        """Pickles the arguments only: the data reaches workers once, through the object store (:meth:`attach`)."""
         return {k: v for k, v in self.__dict__.items() if k not in ("_data", "_classes")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _data=None, _classes={})
+
+    def attach(self, data: OmniglotData) -> None:
+        """Use ``data`` (the driver's, or its object-store copy on a worker) instead of reading ``root``."""
+        self._data = data
+        self._classes = {}
 
     @property
     def data(self) -> OmniglotData:
