@@ -1,7 +1,8 @@
 """Omniglot: few-shot classification episodes and the one-shot runs of Lake et al.
 
 Works from any directory holding the Omniglot archives (full or small background sets,
-zipped or extracted); the decoded images are cached once and memory-mapped by every worker.
+zipped or extracted), or downloads the small sets (``download``); the decoded images are
+cached once, memory-mapped by the driver and shipped to workers through Ray's object store.
 """
 
 from __future__ import annotations
