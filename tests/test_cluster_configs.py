@@ -114,7 +114,7 @@ def test_aws_has_cpu_rollout_and_gpu_learner_node_types():
         assert node["docker"]["worker_image"].endswith("-gpu"), name
     for name, node in {**cpu, "head": head}.items():
         assert "learner" not in node["resources"], name
-    assert any(node.get("min_workers", 0) >= 1 for node in cpu.values()), "metaorch does not wait for CPUs"
+    assert any(node.get("min_workers", 0) >= 1 for node in cpu.values()), "a rollout node kept up: the default pool does not wait for the autoscaler (workers.wait_for_nodes_s: 0)"
     ray_version = _pin("ray").removeprefix("==")
     assert config["docker"]["image"].startswith(f"rayproject/ray:{ray_version}-")
     for node in gpu.values():
