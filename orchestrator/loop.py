@@ -105,12 +105,13 @@ _WORKER_METRICS = {"workers/restarts": 0, "workers/stragglers": 0, "workers/acti
 
 def run_loop(
     config: Config, runner: Runner, pool: WorkerPool, tracker: Tracker, first: int, progress: bool,
-    report: Callable[[int, dict[str, float]], None] | None = None,
+    report: Callable[[int, dict[str, float], Tracker], None] | None = None,
 ) -> RunResult:  # fmt: skip
     """Iterations ``first`` .. ``outer.iterations``, then the final checkpoint, the meta-test
     (a nested run) and the runner's artifacts. Interrupted, or the pool out of restarts: a
     checkpoint of the iterations done, and the run ends KILLED (FAILED for the pool).
-    ``report(done, metrics)`` hears every iteration's metrics (a Ray Tune trial's hook)."""
+    ``report(done, metrics, tracker)`` hears every iteration's metrics, after they were handed to
+    the tracker (a Ray Tune trial's hook, which may end the process: see ``Tracker.delivered``)."""
     o, w = config.outer, config.workers
     logged = _start_logging(config, tracker, first)
     bar = Progress(o.iterations, initial=first, enabled=progress)
@@ -136,7 +137,7 @@ def run_loop(
                 workers_logged.update(changed)
                 tracker.log_metrics({k: v for k, v in metrics.items() if (k, done) not in logged}, step=done)
             if report is not None:
-                report(done, metrics)
+                report(done, metrics, tracker)
             bar.update(done, runner.shown(metrics))
             if out_of_time(o, time.perf_counter() - started, time.perf_counter() - t0):
                 break

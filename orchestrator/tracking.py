@@ -133,6 +133,14 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._queue.put(("call", lambda: self.client.log_text(self.run_id, text, artifact_file)))
 
+    def delivered(self, timeout: float) -> bool:
+        """Wait until everything logged so far is in MLflow (True) or ``timeout`` passes (False).
+        Only for a hand-off after which this process may end at once: Ray Tune ends a trial it
+        stops without waiting for its run to close, so a trial waits here before it reports."""
+        done = threading.Event()
+        self._queue.put(("call", done.set))
+        return done.wait(timeout)
+
     def log_inputs(self, datasets: list[Any], context: str) -> None:
         """``mlflow.data`` datasets as the run's dataset inputs, used in ``context`` (e.g. training)."""
         from mlflow.entities import DatasetInput, InputTag

@@ -71,6 +71,9 @@ class NullTracker(Tracker):
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
+    def delivered(self, timeout: float) -> bool:
+        return True
+
     def log_inputs(self, datasets: list[Any], context: str) -> None:
         pass
 

@@ -21,6 +21,7 @@ from metaorch.orchestrator.runs import check_empty_run, resolve_checkpoint
 from metaorch.orchestrator.session import check_capacity, ray_session
 from metaorch.orchestrator.suites import EvalResult, evaluate
 from metaorch.orchestrator.system_metrics import system_metrics
+from metaorch.orchestrator.tracking import Tracker
 from metaorch.orchestrator.tracking_off import start_tracker
 
 
@@ -32,13 +33,13 @@ def train(
     tracking_uri: str | None = None,
     progress: bool = True,
     run_id: str | None = None,
-    report: Callable[[int, dict[str, float]], None] | None = None,
+    report: Callable[[int, dict[str, float], Tracker], None] | None = None,
 ) -> RunResult:
     """Meta-train as ``config`` says; returns the run with its final meta-parameters.
 
     ``run_id``: log into this existing, still empty run (``metaorch submit`` creates the run
-    so that it can print its URL before the job starts). ``report(done, metrics)``: called
-    after every iteration (``metaorch tune`` reports validation figures to Ray Tune so).
+    so that it can print its URL before the job starts). ``report(done, metrics, tracker)``:
+    called after every iteration (``metaorch tune`` reports validation figures to Ray Tune so).
     """
     uri = tracking_uri_for(tracking_uri, config.tracking.uri)
     address = address or os.environ.get("RAY_ADDRESS") or config.ray.address

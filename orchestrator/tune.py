@@ -30,12 +30,14 @@ from metaorch.orchestrator import registry
 from metaorch.orchestrator.config import Config
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.preflight import check_ray_address, check_tracking_uri, redact, tracking_uri_for
+from metaorch.orchestrator.tracking import Tracker
 from metaorch.orchestrator.tracking_off import tracking_off
 from metaorch.orchestrator.tune_space import domains, read_space, trial_config
 
 Scheduler = Literal["asha", "fifo"]
 TRIAL_CPUS = 1.0  # the trial's own bundle: its driver (learner step, validation, tracking)
 STOPPED_TAG = "metaorch.tune.stopped_early"
+DELIVERY_S = 60.0  # the longest a trial waits for MLflow before a report (a server that is down)
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,9 @@ def _trial(sample: dict[str, Any], *, base: Config, uri: str, parent_run_id: str
     experiment_id = c.get_run(parent_run_id).info.experiment_id
     run_id = c.create_run(experiment_id, run_name=name, tags={MLFLOW_PARENT_RUN_ID: parent_run_id, "metaorch.tune.trial": name}).info.run_id
 
-    def report(done: int, metrics: dict[str, float]) -> None:
-        if metric in metrics:  # ASHA may stop the trial here (the loop checkpoints and ends the run)
+    def report(done: int, metrics: dict[str, float], tracker: Tracker) -> None:
+        if metric in metrics:  # ASHA may stop the trial here, and Tune ends it without waiting for its run
+            tracker.delivered(timeout=DELIVERY_S)  # so what Tune hears is in MLflow first
             tune.report({**metrics, "iteration": done, "run_id": run_id})
 
     train(config, tracking_uri=uri, progress=False, run_id=run_id, report=report)

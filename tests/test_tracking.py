@@ -200,7 +200,10 @@ def test_sink_never_blocks_training(workdir):
         tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
     c = MlflowClient(uri)
     assert c.get_metric_history(tracker.run_id, "loss") == []  # all n calls returned, none written
+    assert not tracker.delivered(timeout=0.5)  # a Tune trial's wait before it reports: bounded
     release.set()
+    assert tracker.delivered(timeout=60)  # everything logged before it is in the store, run still open
+    assert sorted(m.step for m in c.get_metric_history(tracker.run_id, "loss")) == list(range(n))
     tracker.close(timeout=60)
     assert not tracker._thread.is_alive()
 
