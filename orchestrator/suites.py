@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from metaorch.orchestrator import registry
-from metaorch.orchestrator.config import MODEL_NAME, Config
+from metaorch.orchestrator.config import Config
+from metaorch.orchestrator.config_sections import MODEL_NAME
 from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.evaluation import Estimates, estimate, evaluation_modes
 from metaorch.orchestrator.preflight import check_tracking_uri, tracking_uri_for
