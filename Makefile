@@ -22,8 +22,10 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/metaorch train configs/sinusoid_maml.yaml
 
+# Two pytest processes, a test file each at a time: much of the suite waits on processes
+# starting (Ray, MLflow servers, CLI subprocesses) while the other file computes.
 test: venv
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 bench: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/maml_iteration.py
