@@ -10,7 +10,10 @@ fluent state, so the tracker's background thread can log into any store.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,19 @@ def requirements() -> list[str]:
     return [f"mlflow=={mlflow.__version__}", f"metaorch=={metaorch.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
 
 
+@contextmanager
+def _warnings_only(name: str) -> Iterator[None]:
+    """Logger ``name`` at WARNING for the block: MLflow's INFO lines (e.g. "Validating input
+    example against model signature") would otherwise land in every run's output."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def save(path: str | Path, config: Config, meta_params: torch.Tensor, mlflow_model: Any = None) -> None:
     """The model as an MLflow model directory at ``path`` (a pyfunc from code, with signature and example)."""
     import mlflow
@@ -46,15 +62,16 @@ def save(path: str | Path, config: Config, meta_params: torch.Tensor, mlflow_mod
         weights, config_file = Path(tmp) / "weights.pt", Path(tmp) / "config.yaml"
         torch.save(params, weights)
         config_file.write_text(config.to_yaml())
-        mlflow.pyfunc.save_model(
-            str(path),
-            python_model=code,
-            artifacts={WEIGHTS: str(weights), CONFIG: str(config_file)},
-            signature=signature(config, example, output),
-            input_example=example,
-            pip_requirements=requirements(),
-            mlflow_model=mlflow_model,
-        )
+        with _warnings_only("mlflow.pyfunc"):
+            mlflow.pyfunc.save_model(
+                str(path),
+                python_model=code,
+                artifacts={WEIGHTS: str(weights), CONFIG: str(config_file)},
+                signature=signature(config, example, output),
+                input_example=example,
+                pip_requirements=requirements(),
+                mlflow_model=mlflow_model,
+            )
 
 
 def log_model(client: Any, run_id: str, experiment_id: str, config: Config, meta_params: torch.Tensor, step: int) -> str:
