@@ -61,6 +61,32 @@ def _steps(c, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in c.get_metric_history(run_id, key))
 
 
+def test_submit_with_a_space_runs_the_search_as_a_job(services):
+    """``metaorch submit --space``: the job is ``metaorch tune`` on the cluster, in the run the
+    submitter made; its trials (the shipped example space: a grid of 2) nest under that run,
+    which ends with the best config. About a minute: Tune starts inside the job."""
+    from mlflow.tracking import MlflowClient
+
+    job_api, tracking, env = services
+    proc = subprocess.run(
+        [str(BIN / "metaorch"), "submit", CONFIG, "--address", job_api, "--tracking-uri", tracking,
+         "--runtime-env", "cluster/runtime_env.yaml", "--space", "configs/spaces/sinusoid_maml.yaml",
+         "--samples", "1", "--scheduler", "fifo", *_sets(TINY)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_S,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    run_id = re.search(r"MLflow run: (\S+)", out).group(1).rsplit("/", 1)[1]
+    c = MlflowClient(tracking)
+    parent = c.get_run(run_id)
+    assert parent.info.status == "FINISHED", out
+    trials = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    lrs = sorted(float(t.data.params["algorithm.inner_lr"]) for t in trials if "metaorch.tune.trial" in t.data.tags)
+    assert lrs == [0.001, 0.01], [t.data.tags for t in trials]
+    assert "best_config.yaml" in [a.path for a in c.list_artifacts(run_id)]
+    assert parent.data.tags["metaorch.tune.best_run_id"] in {t.info.run_id for t in trials}
+
+
 def test_resume_passes_over_a_local_checkpoint_mlflow_never_got_and_logs_each_step_once(ray_session, workdir):
     """A driver killed after saving ``ckpt_30`` but before uploading it, with steps 21-30 in MLflow.
 
