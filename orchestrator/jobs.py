@@ -106,7 +106,9 @@ def tracking_uri(given: str | None, config: Config) -> str:
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        from metaorch.orchestrator.mlflow_client import TRAINING_VIEW
+
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
     from metaorch.orchestrator.mlflow_client import ui_command
 
     return f"run {run_id} in {uri} (open with: {ui_command(uri)})"

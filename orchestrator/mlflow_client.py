@@ -35,6 +35,10 @@ def client(uri: str):
 # as "mlflow.experimentKind" by the UI (enum ExperimentKind in mlflow/server/js) and set the same
 # way by mlflow/demo/generators/traces.py.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# MLflow 3.17's UI follows a per-browser switch (GenAI by default) rather than that tag wherever
+# its workflow switch is on (seen in Chromium: a tagged experiment still opened on GenAI's
+# overview); a link can set the switch, so the links metaorch prints carry it.
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def experiment_for(c: Any, name: str) -> str:

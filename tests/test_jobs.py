@@ -76,7 +76,7 @@ def test_submit_with_a_space_runs_the_search_as_a_job(services):
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    run_id = re.search(r"MLflow run: (\S+)", out).group(1).rsplit("/", 1)[1]
+    run_id = re.search(r"MLflow run: \S+/runs/([0-9a-f]{32})", out).group(1)
     c = MlflowClient(tracking)
     parent = c.get_run(run_id)
     assert parent.info.status == "FINISHED", out
@@ -131,7 +131,8 @@ def test_submit_runs_the_job_and_the_run_reads_back_from_mlflow(services, capsys
     assert f"dashboard:  {job_api}/#/jobs/{submission_id}" in out
     url = re.search(r"MLflow run: (\S+)", out).group(1)
     assert url.startswith(f"{tracking}/#/experiments/")
-    run_id = url.rsplit("/", 1)[1]
+    assert url.endswith("?workflowType=machine_learning")  # opens in the UI's model-training view
+    run_id = re.search(r"/runs/([0-9a-f]{32})", url).group(1)
     assert "meta-test MSE after 1 inner step(s)" in out  # the job's own output, followed
     assert proc.stdout.rstrip().endswith(f"job {submission_id} SUCCEEDED")
     assert str(JobSubmissionClient(job_api).get_job_status(submission_id).value) == "SUCCEEDED"
