@@ -51,16 +51,22 @@ def _bare_loop(seconds: float, barrier, results) -> None:
     results.put(steps / elapsed)
 
 
-def bare(seconds: float) -> float:
+def in_processes(n: int, target, *args) -> float:
+    """Summed rate of ``target(*args, barrier, results)`` run in ``n`` processes started together
+    at a barrier (one per core: the ceiling a loop reaches with no orchestration)."""
     ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(WORKERS), ctx.Queue()
-    procs = [ctx.Process(target=_bare_loop, args=(seconds, barrier, results)) for _ in range(WORKERS)]
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, barrier, results)) for _ in range(n)]
     for p in procs:
         p.start()
     rates = [results.get() for _ in procs]
     for p in procs:
         p.join()
     return sum(rates)
+
+
+def bare(seconds: float) -> float:
+    return in_processes(WORKERS, _bare_loop, seconds)
 
 
 @dataclass(frozen=True)

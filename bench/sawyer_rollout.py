@@ -31,7 +31,6 @@ load average is printed each round:
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -162,15 +161,9 @@ def _bare(which: str, tasks: dict[str, Any] | None, seconds: float, barrier, res
 
 def per_core(fn: Callable, which: str, tasks: dict[str, Any] | None, seconds: float) -> float:
     """Summed rate of ``fn`` run in one process per core, started together at a barrier."""
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(CORES), ctx.Queue()
-    procs = [ctx.Process(target=fn, args=(which, tasks, seconds, barrier, results)) for _ in range(CORES)]
-    for p in procs:
-        p.start()
-    rates = [results.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return sum(rates)
+    import rollout_speed
+
+    return rollout_speed.in_processes(CORES, fn, which, tasks, seconds)
 
 
 # -- gymnasium's AsyncVectorEnv ---------------------------------------------------------------
