@@ -52,7 +52,8 @@ def pearl_rates(devices: list[torch.device], updates: int, tasks: int) -> dict[s
     config = load_config(CONFIGS / "navigation_pearl.yaml")
     c, family = config.rl.pearl, build_env_family(config)
     params = build_policy(config, family).init_params(config.seed).float()
-    outputs = episodes(config, PEARLPlan(build_policy(config, family), c.prior_episodes, c.posterior_episodes), params, tasks)
+    _, prior, posterior = c.schedule(family.horizon)  # the episodes the runner collects per task
+    outputs = episodes(config, PEARLPlan(build_policy(config, family), prior, posterior), params, tasks)
     rates = {}
     for device in devices:
         pearl = PEARL(build_policy(config, family), device, config.seed, params)
