@@ -102,7 +102,8 @@ def protonet(config: Config, family: TaskFamily) -> MetaLearner:
 def matching(config: Config, family: TaskFamily) -> MetaLearner:
     from metaorch.algorithms.matching import MatchingNetworks, matching_model
 
-    return MatchingNetworks(matching_model(fce=config.algorithm.fce), **_episodic(config))
+    a = config.algorithm
+    return MatchingNetworks(matching_model(fce=a.fce), scale=a.scale, **_episodic(config))
 
 
 def siamese(config: Config, family: TaskFamily) -> MetaLearner:

@@ -71,6 +71,7 @@ class AlgorithmConfig(Section):
         False, description="Reptile with inner_optimizer=adam: the inner Adam's state carries across tasks and iterations (supervised-reptile)"
     )
     fce: bool = Field(False, description="Matching Networks: full context embeddings")
+    scale: float = Field(1.0, gt=0, le=1000, description="Matching Networks: cosines are multiplied by this before the softmax (1: the paper)")
     track_pre: bool = Field(
         True, description="MAML family: also log the query loss/accuracy before adaptation (one more forward per task)"
     )

@@ -87,6 +87,14 @@ def test_attention_logits_match_explicit_loops() -> None:
     torch.testing.assert_close(attention_logits(support_z, support_y, query_z, scale=2.0), expected)
 
 
+def test_matching_scale_comes_from_the_config() -> None:
+    from metaorch.orchestrator.components import matching
+    from metaorch.orchestrator.config import from_dict
+
+    config = from_dict({"task": {"name": "omniglot", "queries": 5}, "eval": {"queries": 5}, "data": {"root": "unused"}, "algorithm": {"name": "matching", "scale": 10.0}})
+    assert matching(config, None).scale == 10.0
+
+
 @pytest.mark.parametrize("name", LEARNERS)
 def test_outer_update_is_summed_episode_gradient(name: str) -> None:
     learner = LEARNERS[name]()
