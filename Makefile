@@ -23,9 +23,10 @@ demo: venv
 	$(BIN)/metaorch train configs/sinusoid_maml.yaml
 
 # Two pytest processes, a test file each at a time: much of the suite waits on processes
-# starting (Ray, MLflow servers, CLI subprocesses) while the other file computes.
+# starting (Ray, MLflow servers, CLI subprocesses) while the other file computes. The 15
+# slowest tests are listed at the end: where the suite's time goes.
 test: venv
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 bench: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/maml_iteration.py
