@@ -79,11 +79,17 @@ class Episodes:
         return {"trajectories": sample(params, self.episodes)}
 
 
-def ours(seconds: float, envs: int, workers: int = WORKERS) -> float:
-    """Steps per second of ``workers`` rollout workers (1 CPU each), ``envs`` episodes each per call.
+CHEETAH = {"task": {"name": "half_cheetah_vel"}, "algorithm": {"name": "maml_trpo"}, "model": {"hidden": [64, 64]}}
 
-    The trainer's path: the worker is built by ``build_rl`` from a config (HalfCheetahVel,
-    MAML-TRPO's 64-64 Gaussian MLP), and ``RolloutPool.run_plan`` runs a plan on each task.
+
+def ours(seconds: float, envs: int, workers: int = WORKERS, config: dict | None = None, tasks_per_worker: int = 1) -> float:
+    """Steps per second of ``workers`` rollout workers (1 CPU each), ``envs`` episodes of each of
+    ``tasks_per_worker`` tasks per worker and call (all stepped together).
+
+    The trainer's path: the worker is built by ``build_rl`` from ``config`` (default:
+    HalfCheetahVel, MAML-TRPO's 64-64 Gaussian MLP), and ``RolloutPool.run_plan`` runs a plan
+    on each task, ``tasks_per_worker`` tasks to a chunk (bench/scaling.py's ML45: 45, one per
+    train class, so every worker plays every class in every call).
     """
     from functools import partial
 
@@ -97,16 +103,15 @@ def ours(seconds: float, envs: int, workers: int = WORKERS) -> float:
 
     if __name__ != "__main__":  # imported (bench/scaling.py): the actors cannot import this module
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    config = from_dict({"task": {"name": "half_cheetah_vel"}, "algorithm": {"name": "maml_trpo"}, "model": {"hidden": [64, 64]}})
-    build = partial(build_rl, config)
+    build = partial(build_rl, from_dict(config or CHEETAH))
     pool = RolloutPool(build, workers, Resources(num_cpus=1, threads=1))
-    plan = Episodes(envs)
+    plan, count = Episodes(envs), workers * tasks_per_worker
     try:
         params = build()[1].init_params(0).numpy()
-        pool.run_plan(params, descriptors(0, "train", 0, workers), plan)  # warm up: envs built once
+        pool.run_plan(params, descriptors(0, "train", 0, count), plan, tasks_per_worker)  # warm up: envs built once
         steps, calls, start = 0.0, 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            outputs = pool.run_plan(params, descriptors(0, "train", calls + 1, workers), plan)
+            outputs = pool.run_plan(params, descriptors(0, "train", calls + 1, count), plan, tasks_per_worker)
             steps += sum(float(out["trajectories"].mask.sum()) for out in outputs)
             calls += 1
         return steps / elapsed
