@@ -164,7 +164,7 @@ def _new_worker_up(mine: set[str], now: set[str]) -> bool:
     placement group rescheduling, holding CPUs the next run waits for.)"""
     for name in sorted(now - mine):
         try:
-            ray.get(ray.get_actor(name).info.remote(), timeout=1.0)
+            ray.get(ray.get_actor(name).info.remote(), timeout=5.0)  # behind at most one held batch (<= 0.5 s)
             return True
         except (RayActorError, GetTimeoutError, ValueError):  # died, still starting, or gone
             continue
@@ -186,7 +186,7 @@ def faults(workdir: Path, iterations: int) -> dict:
     """
     ray.cloudpickle.register_pickle_by_value(faulty)  # the workers need not import tests/
     hold = workdir / "hold"
-    SupervisedRunner.worker_build = staticmethod(functools.partial(faulty.slow_while_build, hold=str(hold), seconds=0.25))
+    SupervisedRunner.worker_build = staticmethod(functools.partial(faulty.slow_while_build, hold=str(hold), seconds=0.5))
     cluster = _cluster(
         {"num_cpus": 1, "_system_config": FAST_FAILURE}, [{"num_cpus": 1}, {"num_cpus": 1}]
     )

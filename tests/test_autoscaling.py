@@ -155,7 +155,7 @@ def _watch(hold: Path, seen: dict, stop: threading.Event) -> None:
         up = 0
         for name in (n for n in ray.util.list_named_actors() if n.startswith(NAME_PREFIX)):
             try:
-                ray.get(ray.get_actor(name).info.remote(), timeout=1.0)
+                ray.get(ray.get_actor(name).info.remote(), timeout=5.0)  # behind at most one held batch (<= 0.5 s)
                 up += 1
             except (RayActorError, GetTimeoutError, ValueError):
                 continue
@@ -186,7 +186,7 @@ def scenario(workdir: Path) -> dict:
         out["cpus_at_start"] = ray.cluster_resources().get("CPU", 0)
         ray.cloudpickle.register_pickle_by_value(faulty)  # the workers need not import tests/
         hold = workdir / "hold"
-        SupervisedRunner.worker_build = staticmethod(functools.partial(faulty.slow_while_build, hold=str(hold), seconds=0.1))
+        SupervisedRunner.worker_build = staticmethod(functools.partial(faulty.slow_while_build, hold=str(hold), seconds=0.5))
         os.chdir(workdir)
         quiet = {"at_end": False, "plot_tasks": 0, "val_every": 10**6}
 
