@@ -120,7 +120,12 @@ def _trial(sample: dict[str, Any], *, base: Config, uri: str, parent_run_id: str
             tracker.delivered(timeout=DELIVERY_S)  # so what Tune hears is in MLflow first
             tune.report({**metrics, "iteration": done, "run_id": run_id})
 
-    train(config, tracking_uri=uri, progress=False, run_id=run_id, report=report)
+    try:
+        train(config, tracking_uri=uri, progress=False, run_id=run_id, report=report)
+    except BaseException:  # failed before train took the run over (bad data, no capacity): end it here
+        if c.get_run(run_id).info.status == "RUNNING":
+            c.set_terminated(run_id, status="FAILED")
+        raise
 
 
 # -- the search --------------------------------------------------------------------------------

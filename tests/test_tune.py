@@ -107,3 +107,20 @@ def test_submit_checks_the_space_before_it_contacts_the_cluster(tmp_path, no_ray
         cli.main(["submit", str(tmp_path / "job.yaml"), "--space", str(tmp_path / "space.yaml"), "--address", "http://127.0.0.1:9"])
     assert exc.value.code == 2
     assert "algorithm.inner_lr: {'choice': [0.01, 0]}: 0 is not a valid value" in capsys.readouterr().err
+
+
+def test_a_trial_that_fails_before_it_trains_ends_its_run_failed(ray_session, tmp_path):
+    """A trial whose data is missing fails in ``train``'s checks, before the run is taken over:
+    its nested run is FAILED (not left RUNNING in the MLflow UI), and so is the search's."""
+    from metaorch.orchestrator.config import from_dict
+    from metaorch.orchestrator.tune import tune
+
+    config = from_dict(CONFIG | {"task": {"name": "omniglot", "ways": 2, "shots": 1, "queries": 1},
+                                 "data": {"root": str(tmp_path), "cache_dir": str(tmp_path / "cache")}, "eval": CONFIG["eval"] | {"queries": 5},
+                                 "checkpoint": {"every": 100, "dir": str(tmp_path / "checkpoints")}}, "(test)")  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(RuntimeError, match="no trial reported val/accuracy"):
+        tune(config, {"data.root": {"grid": [str(tmp_path / "missing")]}}, scheduler="fifo", tracking_uri=uri, progress=False)
+    c = client(uri)
+    runs = c.search_runs([c.get_experiment_by_name("metaorch").experiment_id])
+    assert sorted((r.data.tags.get("metaorch.tune", "trial"), r.info.status) for r in runs) == [("parent", "FAILED"), ("trial", "FAILED")]
