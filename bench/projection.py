@@ -222,16 +222,16 @@ def measure_rollouts(config: Any, workers: int, seconds: float) -> tuple[dict[st
     return stats | {"tasks": call * workers, "classes": len(classes), "warm_up_s": warm, "rss_mb": rss}, outputs
 
 
-def measure_learner(path: Path, overrides: list[str], outputs: list[dict[str, Any]], tasks: int | None) -> float:
-    """Seconds of one iteration of the runner's ``iteration`` on the driver, scaled to the meta-batch."""
-    from metaorch.orchestrator.config import load_config
+def measure_learner(config: Any, outputs: list[dict[str, Any]], tasks: int | None) -> float:
+    """Seconds of one iteration of the runner's ``iteration`` on the driver, scaled to the meta-batch
+    (``tasks``: measured on that many of the rollouts instead, where the full step does not fit)."""
+    from metaorch.orchestrator.tune_space import trial_config
 
-    meta_batch = load_config(path, overrides).outer.meta_batch
-    config = load_config(path, overrides + [f"outer.meta_batch={tasks or meta_batch}"])
-    runner = _runner(config)
+    measured = trial_config(config, {"outer.meta_batch": tasks}) if tasks else config
+    runner = _runner(measured)
     start = time.perf_counter()
     runner.iteration(Replay(outputs), 0)
-    return (time.perf_counter() - start) * meta_batch / config.outer.meta_batch
+    return (time.perf_counter() - start) * config.outer.meta_batch / measured.outer.meta_batch
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def main() -> None:
         finally:
             ray.shutdown()
         torch.set_num_threads(args.learner_threads)
-        learner_s = measure_learner(ROOT / ref.config, overrides, outputs, args.learner_tasks)
+        learner_s = measure_learner(config, outputs, args.learner_tasks)
         m = Measured(stats["rate"], stats["slowest"], stats["driver_s_per_step"], learner_s)
         results.append((ref, config, shape(config), m, stats))
         print(
