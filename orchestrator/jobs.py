@@ -219,14 +219,15 @@ def _resumable(mlflow, run_id: str, uri: str) -> str:
 
 def _report(jobs, mlflow, submission_id: str, run_id: str, status: str) -> int:
     """The job's outcome; a run its killed driver left RUNNING is marked as ended."""
+    from metaorch.orchestrator.mlflow_client import end_if_running
+
     if status == "SUCCEEDED":
         print(f"job {submission_id} SUCCEEDED")
         return 0
     message = jobs.get_job_info(submission_id).message or ""
     print(f"job {submission_id} {status}: {redact(message).strip()}")
     try:
-        if mlflow.get_run(run_id).info.status == "RUNNING":
-            mlflow.set_terminated(run_id, status="KILLED" if status == "STOPPED" else "FAILED")
+        end_if_running(mlflow, run_id, "KILLED" if status == "STOPPED" else "FAILED")
     except Exception:
         pass  # the tracking server went away too; the run stays as the job left it
     return 1

@@ -47,6 +47,13 @@ def experiment_for(c: Any, name: str) -> str:
     return exp.experiment_id if exp is not None else c.create_experiment(name, tags=EXPERIMENT_TAGS)
 
 
+def end_if_running(c: Any, run_id: str, status: str) -> None:
+    """End a run that a process gone before its end (a failed trial, a killed job driver) left
+    RUNNING; a run that ended on its own keeps its status."""
+    if c.get_run(run_id).info.status == "RUNNING":
+        c.set_terminated(run_id, status=status)
+
+
 def ui_command(uri: str) -> str:
     """What to type to look at ``uri``: the ``mlflow`` next to this interpreter (the venv's)."""
     if uri.startswith(("http://", "https://")):

@@ -106,7 +106,7 @@ def _trial(sample: dict[str, Any], *, base: Config, uri: str, parent_run_id: str
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
     from ray import tune
 
-    from metaorch.orchestrator.mlflow_client import client
+    from metaorch.orchestrator.mlflow_client import client, end_if_running
     from metaorch.orchestrator.trainer import train
 
     config = trial_config(base, sample)
@@ -123,8 +123,7 @@ def _trial(sample: dict[str, Any], *, base: Config, uri: str, parent_run_id: str
     try:
         train(config, tracking_uri=uri, progress=False, run_id=run_id, report=report)
     except BaseException:  # failed before train took the run over (bad data, no capacity): end it here
-        if c.get_run(run_id).info.status == "RUNNING":
-            c.set_terminated(run_id, status="FAILED")
+        end_if_running(c, run_id, "FAILED")
         raise
 
 
@@ -228,7 +227,7 @@ def _search(
 
 def _outcomes(grid: Any, uri: str, metric: str, iterations: int) -> list[Trial]:
     """Every trial's end; runs a stopped trial's actor left RUNNING are ended here (KILLED, tagged)."""
-    from metaorch.orchestrator.mlflow_client import client
+    from metaorch.orchestrator.mlflow_client import client, end_if_running
 
     c = client(uri)
     out = []
@@ -241,8 +240,8 @@ def _outcomes(grid: Any, uri: str, metric: str, iterations: int) -> list[Trial]:
         stopped = result.error is None and done < iterations
         if stopped:
             c.set_tag(m["run_id"], STOPPED_TAG, "true")
-        if (stopped or result.error is not None) and c.get_run(m["run_id"]).info.status == "RUNNING":
-            c.set_terminated(m["run_id"], status="KILLED" if stopped else "FAILED")
+        if stopped or result.error is not None:
+            end_if_running(c, m["run_id"], "KILLED" if stopped else "FAILED")
         out.append(Trial(m["run_id"], done, stopped, m.get(metric), None if result.error is None else repr(result.error)))
     return out
 
