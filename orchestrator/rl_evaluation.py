@@ -67,5 +67,5 @@ def rl_meta_test(runner: type[RLRunner], config: Config, params: torch.Tensor, p
     estimates |= {f"gain_{unit}_{k + first}": estimate(returns[:, k] - returns[:, 0]) for k in range(1, returns.shape[1])}
     if registry.task(config.task.name).success:  # Meta-World's protocol: success of the evaluation episodes
         labels = [family.label(family.task(t.descriptor) if t.params is None else t.params) for t in tasks]
-        estimates |= meta_test_estimates(*runner.test_success(config, outputs), labels)
+        estimates |= meta_test_estimates(*runner.test_success(config, outputs), labels, runner.test_success_unadapted(outputs))
     return estimates, returns

@@ -81,6 +81,11 @@ class RLRunner(Runner):
         """Meta-test: the evaluation episodes' success and returns, each [tasks, episodes]."""
         raise NotImplementedError
 
+    @classmethod
+    def test_success_unadapted(cls, outputs: list[dict[str, Any]]) -> np.ndarray | None:
+        """Meta-test: the same evaluation before adaptation, [tasks, episodes], where the plan runs one."""
+        return None
+
     def success(self, tasks: list, outputs: list[dict[str, Any]]) -> dict[str, float]:
         """An iteration's success rates, overall and per task class, where the family reports success."""
         if not registry.task(self.config.task.name).success:
@@ -171,6 +176,10 @@ class MAMLTRPORunner(RLRunner):
     @classmethod
     def test_success(cls, config: Config, outputs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         return np.stack([o["evaluation"].successes() for o in outputs]), np.stack([o["evaluation"].returns_to_success() for o in outputs])
+
+    @classmethod
+    def test_success_unadapted(cls, outputs: list[dict[str, Any]]) -> np.ndarray | None:
+        return np.stack([o["unadapted"].successes() for o in outputs])
 
     @classmethod
     def test_returns(cls, config: Config, outputs: list[dict[str, Any]]) -> np.ndarray:

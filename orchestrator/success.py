@@ -8,6 +8,8 @@ and per task class as ``train_class/success_<point>/<class>``. The meta-test rep
 success rate of the evaluation episodes per test class and overall, each with a 95% CI over
 tasks; overall is the mean over classes (metaworld's ``mean_success_rate``), equal to the
 mean over tasks when the classes have equally many tasks (``eval.tasks`` a multiple of them).
+Where the runner also evaluates the unadapted policy the same way (MAML-TRPO), ``success_pre``
+and the paired per-task gain ``gain_success`` sit beside it.
 """
 
 from __future__ import annotations
@@ -53,13 +55,24 @@ def training_metrics(points: Mapping[str, Sequence[np.ndarray]], labels: Sequenc
     return out
 
 
-def meta_test_estimates(success: np.ndarray, returns: np.ndarray, labels: Sequence[str | None]) -> dict[str, Estimate]:
-    """``success`` and ``returns``: [tasks, evaluation episodes]. Keys ``success`` (mean over
-    classes, CI over tasks), ``success/<class>``, ``return_evaluation``."""
-    per_task = success.mean(1)
+def class_mean(per_task: np.ndarray, labels: Sequence[str | None]) -> Estimate:
+    """Mean over classes of their tasks' means (over tasks where no task has a class); CI over tasks."""
     classes = by_class(labels, per_task)
     overall = estimate(per_task)
     if classes:
         overall = Estimate(float(np.mean([np.mean(v) for v in classes.values()])), overall.ci95, overall.n)
-    out = {"success": overall, "return_evaluation": estimate(returns.mean(1))}
-    return out | {f"success/{cls}": estimate(np.asarray(v)) for cls, v in sorted(classes.items())}
+    return overall
+
+
+def meta_test_estimates(
+    success: np.ndarray, returns: np.ndarray, labels: Sequence[str | None], unadapted: np.ndarray | None = None
+) -> dict[str, Estimate]:
+    """``success`` and ``returns``: [tasks, evaluation episodes]. Keys ``success`` (mean over
+    classes, CI over tasks), ``success/<class>``, ``return_evaluation``; with ``unadapted``
+    (the same episodes' success before adaptation) also ``success_pre`` and ``gain_success``."""
+    per_task = success.mean(1)
+    out = {"success": class_mean(per_task, labels), "return_evaluation": estimate(returns.mean(1))}
+    if unadapted is not None:
+        pre = unadapted.mean(1)
+        out |= {"success_pre": class_mean(pre, labels), "gain_success": estimate(per_task - pre)}
+    return out | {f"success/{cls}": estimate(np.asarray(v)) for cls, v in sorted(by_class(labels, per_task).items())}

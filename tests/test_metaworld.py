@@ -149,6 +149,12 @@ def test_success_is_any_step_and_aggregates_per_class():
     assert est["success/a"].mean == pytest.approx(4 / 9) and est["success/b"].mean == 0.5
     assert est["success"].mean == pytest.approx((4 / 9 + 0.5) / 2)  # the mean over classes, as metaworld's
     assert est["success/a"].n == 3 and est["success"].n == 5 and est["success/a"].ci95 > 0
+    assert "success_pre" not in est
+
+    before = np.array([[0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]], float)
+    paired = meta_test_estimates(np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 1], [0, 0, 0]], float), np.ones((5, 3)), ["a", "a", "a", "b", "b"], before)
+    assert paired["success_pre"].mean == pytest.approx((1 / 9 + 0) / 2)  # over classes, as the adapted side
+    assert paired["gain_success"].mean == pytest.approx((1 + 0 + 0 + 1 + 0) / 5) and paired["gain_success"].n == 5  # per task
 
 
 def test_rl2_success_splits_the_trial_at_the_done_flag():
@@ -311,6 +317,7 @@ def test_two_iterations_log_success_and_pass_metaorch_eval(ray_session, workdir,
         assert 0.0 <= metrics[f"train/success_{point}"] <= 1.0
         assert metrics[f"train_class/success_{point}/reach-v3"] == metrics[f"train/success_{point}"]
     assert 0.0 <= run.test["success"].mean <= 1.0 and run.test["success/reach-v3"].n == 2
+    assert ("success_pre" in run.test) == (algorithm == "maml_trpo")  # the unadapted policy, evaluated the same way
     tested = c.get_run(run.test_run_id)
     assert {"test/success", "test/success_ci95", "test/success/reach-v3", "test/return_evaluation"} <= set(tested.data.metrics)
     assert {"adaptation_curve.png", "success_by_class.png"} <= {a.path for a in c.list_artifacts(run.test_run_id)}

@@ -5,6 +5,11 @@ current θ′ followed by one adaptation (the same inner step as meta-training),
 ``evaluation_episodes`` episodes with the mean action (metaworld's ``eval_action``). The
 evaluation episodes come back whole; Meta-World ends them at the first success, so their
 return is :meth:`Trajectories.returns_to_success`.
+
+After the protocol, ``evaluation_episodes`` more with the mean action at the unadapted θ: the
+same measurement before adaptation, so that the success gain of adapting is paired per task
+(metaworld reports only the adapted side). They come last, so the protocol's own episodes
+and their seeds are unchanged.
 """
 
 from __future__ import annotations
@@ -38,4 +43,5 @@ class MAMLProtocolPlan:
             )  # fmt: skip
         evaluation = sample(theta, self.evaluation_episodes, deterministic=True)
         returns.append(float(evaluation.returns().mean()))
-        return {"returns": np.asarray(returns), "evaluation": evaluation}
+        unadapted = sample(params.detach(), self.evaluation_episodes, deterministic=True)
+        return {"returns": np.asarray(returns), "evaluation": evaluation, "unadapted": unadapted}
