@@ -175,46 +175,60 @@ def _checkpointed(c, run_id: str) -> int:
 
 
 def test_driver_killed_then_submit_resume_continues_the_run_with_every_step_once(services, capsys, monkeypatch):
-    """SIGKILL the driver once steps past its newest uploaded checkpoint are in MLflow; resubmit."""
+    """SIGKILL the driver once steps past its newest uploaded checkpoint are in MLflow; the
+    submitter following the job reports it FAILED and ends the run the driver left RUNNING;
+    resubmitting with --resume continues that run."""
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobSubmissionClient
 
-    job_api, tracking, _ = services
+    job_api, tracking, env = services
     monkeypatch.chdir(ROOT)
     n = 300
     job = [*TINY, f"outer.iterations={n}", "checkpoint.every=25", "eval.val_every=100", "eval.at_end=false", "tracking.experiment=submit-resume"]
-    code, out = _run_cli(capsys, ["submit", CONFIG, "--address", job_api, "--tracking-uri", tracking, "--no-wait", *_sets(job)])
-    assert code == 0, out
-    submission_id = re.search(r"submitted job (\S+) to ", out).group(1)
-    run_id = re.search(r"MLflow run: \S+/runs/([0-9a-f]{32})", out).group(1)
-    jobs, c = JobSubmissionClient(job_api), MlflowClient(tracking)
+    submitter = subprocess.Popen(
+        [str(BIN / "metaorch"), "submit", CONFIG, "--address", job_api, "--tracking-uri", tracking, *_sets(job)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        head = ""
+        while not (found := re.search(r"MLflow run: \S+/runs/([0-9a-f]{32})", head)):
+            line = submitter.stdout.readline()
+            assert line, head
+            head += line
+        submission_id, run_id = re.search(r"submitted job (\S+) to ", head).group(1), found.group(1)
+        jobs, c = JobSubmissionClient(job_api), MlflowClient(tracking)
 
-    # Freeze the driver to read a stable state; kill it only when MLflow holds steps beyond
-    # its newest checkpoint there (those the resumed job recomputes and must not log again).
-    killed_at = None
-    deadline = time.monotonic() + JOB_S
-    while killed_at is None:
-        assert time.monotonic() < deadline, "no checkpoint with later steps in MLflow"
-        assert str(jobs.get_job_status(submission_id).value) in ("PENDING", "RUNNING"), jobs.get_job_logs(submission_id)
-        time.sleep(0.3)
-        drivers = _drivers(run_id)
-        if not drivers or not _checkpointed(c, run_id):
-            continue
-        for pid in drivers:
-            _signal(pid, signal.SIGSTOP)
-        time.sleep(1.0)  # requests already sent land
-        checkpoint, steps = _checkpointed(c, run_id), _steps(c, run_id, "train/loss_post")
-        if steps and steps[-1] > checkpoint:
+        # Freeze the driver to read a stable state; kill it only when MLflow holds steps beyond
+        # its newest checkpoint there (those the resumed job recomputes and must not log again).
+        killed_at = None
+        deadline = time.monotonic() + JOB_S
+        while killed_at is None:
+            assert time.monotonic() < deadline, "no checkpoint with later steps in MLflow"
+            assert str(jobs.get_job_status(submission_id).value) in ("PENDING", "RUNNING"), jobs.get_job_logs(submission_id)
+            time.sleep(0.3)
+            drivers = _drivers(run_id)
+            if not drivers or not _checkpointed(c, run_id):
+                continue
             for pid in drivers:
-                _signal(pid, signal.SIGKILL)
-            killed_at = (checkpoint, steps)
-        else:
-            for pid in drivers:
-                _signal(pid, signal.SIGCONT)
+                _signal(pid, signal.SIGSTOP)
+            time.sleep(1.0)  # requests already sent land
+            checkpoint, steps = _checkpointed(c, run_id), _steps(c, run_id, "train/loss_post")
+            if steps and steps[-1] > checkpoint:
+                for pid in drivers:
+                    _signal(pid, signal.SIGKILL)
+                killed_at = (checkpoint, steps)
+            else:
+                for pid in drivers:
+                    _signal(pid, signal.SIGCONT)
+        out, _ = submitter.communicate(timeout=120)
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
     checkpoint, before = killed_at
     assert checkpoint < n and before[-1] < n
+    assert submitter.returncode == 1 and f"job {submission_id} FAILED" in out, out
     assert wait_terminal(jobs, submission_id, timeout_s=60) == "FAILED"
-    assert c.get_run(run_id).info.status == "RUNNING"  # nobody closed it: the driver died
+    assert c.get_run(run_id).info.status == "FAILED"  # the driver died; the submitter ended its run
     assert before == list(range(1, before[-1] + 1))
 
     code, out = _run_cli(capsys, ["submit", CONFIG, "--address", job_api, "--tracking-uri", tracking, "--resume", run_id, *_sets(job)])
