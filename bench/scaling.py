@@ -33,6 +33,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -42,12 +43,13 @@ os.environ.pop("RAY_ADDRESS", None)
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from metaorch.orchestrator.config import Config, from_dict  # noqa: E402
+from metaorch.orchestrator.config import Config, from_dict, load_config  # noqa: E402
 from metaorch.orchestrator.trainer import train  # noqa: E402
 from rollout_speed import CHEETAH  # noqa: E402  (bench/ is on sys.path as a script)
 from rollout_speed import ours as rollout_steps_per_second  # noqa: E402
 
 ENVS = ("half-cheetah", "ml45")
+ML45_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "metaworld_ml45_maml_trpo.yaml"  # its task and policy
 
 
 def rollout_setup(env: str, envs: int, max_path_length: int = 500) -> tuple[dict, int, int, str]:
@@ -57,8 +59,8 @@ def rollout_setup(env: str, envs: int, max_path_length: int = 500) -> tuple[dict
     from metaorch.tasks.rl.metaworld import class_names
 
     classes = len(class_names("ML45", "")["train"])
-    options = {"benchmark": "ML45", "max_path_length": max_path_length}
-    config = {"task": {"name": "metaworld", "options": options}, "algorithm": {"name": "maml_trpo"}, "model": {"hidden": [256, 256]}}
+    shipped = load_config(ML45_CONFIG, [f"task.options.max_path_length={max_path_length}"]).model_dump(mode="json")
+    config = {k: shipped[k] for k in ("task", "algorithm", "model")}  # what build_rl reads
     label = f"Meta-World ML45 train classes, 256-256 Gaussian MLP, one {max_path_length}-step episode of each of the {classes} classes per worker and call"
     return config, classes, 1, label
 

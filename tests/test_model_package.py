@@ -54,7 +54,7 @@ def test_the_model_loads_in_a_fresh_environment_with_only_its_requirements(ray_s
     fresh = tmp_path / "fresh"
     venv.create(fresh, with_pip=True)  # no system site-packages: only what the model asks for
     python = str(fresh / "bin" / "python")
-    install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--find-links", str(wheels), "-r", str(model_dir / "requirements.txt")]
+    install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--find-links", str(wheels), "-r", str(model_dir / "requirements.txt")]
     proc = subprocess.run(install, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
