@@ -5,6 +5,7 @@ on held-out tasks, computes the comparison the target names in the same run, and
     python bench/meta_rl_results.py navigation-maml   # MAML-TRPO: pre vs post adaptation
     python bench/meta_rl_results.py navigation-pearl  # PEARL vs an oracle that knows the goal
     python bench/meta_rl_results.py half-cheetah      # MAML-TRPO on HalfCheetahVel, learning curves
+    python bench/meta_rl_results.py ml1-reach-maml --set outer.max_minutes=60   # Meta-World success, curves
 Add ``--set KEY=VALUE`` to change the config (e.g. ``--set outer.max_minutes=5``).
 """
 
@@ -31,7 +32,24 @@ CONFIGS = {
     "navigation-maml": "navigation_maml_trpo.yaml",
     "navigation-pearl": "navigation_pearl.yaml",
     "half-cheetah": "half_cheetah_vel_maml_trpo.yaml",
+    "ml1-reach-maml": "metaworld_ml1_reach_maml_trpo.yaml",
+    "ml1-reach-rl2": "metaworld_ml1_reach_rl2.yaml",
+    "ml10-maml": "metaworld_ml10_maml_trpo.yaml",
 }
+# The training curves each result plots: (metric, label) pairs, the y axis, the PNG under docs/, its title.
+PRE_POST = (("train/success_pre", "before adaptation"), ("train/success_post", "after 1 step"))
+CURVES = {
+    "half-cheetah": (
+        (("train/return_pre", "before adaptation"), ("train/return_post", "after 1 step")),
+        "mean return (training tasks)", "half_cheetah_vel_curve.png", "MAML-TRPO on HalfCheetahVel, 2 CPU cores",
+    ),
+    "ml1-reach-maml": (PRE_POST, "success rate (training tasks)", "ml1_reach_maml_trpo_curve.png", "MAML-TRPO on ML1 reach-v3, 2 CPU cores"),
+    "ml10-maml": (PRE_POST, "success rate (training tasks)", "ml10_maml_trpo_curve.png", "MAML-TRPO on ML10, 2 CPU cores"),
+    "ml1-reach-rl2": (
+        (("train/success_first", "first episode of a trial"), ("train/success_last", "last episode")),
+        "success rate (training tasks)", "ml1_reach_rl2_curve.png", "RL² on ML1 reach-v3, 2 CPU cores",
+    ),
+}  # fmt: skip
 
 
 def thompson(probs: np.ndarray, pulls: int, rng: np.random.Generator) -> float:
@@ -87,7 +105,7 @@ def show(name: str, est: Estimate) -> str:
     return f"{name}: {est.mean:.3f} +/- {est.ci95:.3f} (95% CI, {est.n} tasks)"
 
 
-def learning_curves(run_id: str, uri: str, out: Path) -> None:
+def learning_curves(result: str, run_id: str, uri: str, out: Path | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,12 +114,15 @@ def learning_curves(run_id: str, uri: str, out: Path) -> None:
 
     client = MlflowClient(uri)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for key, label in (("train/return_pre", "before adaptation"), ("train/return_post", "after 1 step")):
+    keys, ylabel, png, title = CURVES[result]
+    out = out or ROOT / "docs" / png
+    for key, label in keys:
         hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         ax.plot([m.step for m in hist], [m.value for m in hist], label=label)
+        print(f"{key}: " + " ".join(f"{m.step}:{m.value:.3f}" for m in hist))
     ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("mean return (training tasks)")
-    ax.set_title("MAML-TRPO on HalfCheetahVel, 2 CPU cores", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -113,7 +134,7 @@ def main() -> None:
     parser.add_argument("result", choices=sorted(CONFIGS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default="bench_out", help="tracking store and checkpoints go here")
-    parser.add_argument("--curve", default=str(ROOT / "docs" / "half_cheetah_vel_curve.png"))
+    parser.add_argument("--curve", default=None, help="where the learning-curve PNG goes (default: under docs/)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +166,9 @@ def main() -> None:
         else:
             print(f"post - pre = {post.mean - pre.mean:+.1f}; CIs overlap: {pre.mean + pre.ci95 >= post.mean - post.ci95} (target: no)")
             print(show("paired gain after 1 step", test["gain_step_1"]))
-            learning_curves(run.run_id, uri, Path(args.curve))
+    elif args.result.startswith("ml"):
+        for key, est in test.items():
+            print(show(key, est))
     else:
         family = build_env_family(config)
         goals = [family.task(t.descriptor)["goal"] for t in test_tasks(config)]
@@ -157,6 +180,8 @@ def main() -> None:
         after = test["return_episode_2"]
         print(f"PEARL after its context episode: {(after.mean - still.mean) / (oracle.mean - still.mean):.3f} "
               "of the way from standing still to the oracle (target >= 0.8)")
+    if args.result in CURVES:
+        learning_curves(args.result, run.run_id, uri, Path(args.curve) if args.curve else None)
     print(f"wall time {(time.perf_counter() - t0) / 60:.1f} min")
 
 

@@ -51,5 +51,5 @@ def print_estimates(estimates: Estimates) -> None:
             print(f"meta-test MSE after {key} inner step(s): {est} (95% CI, {est.n} tasks)")
         elif key.startswith(("return", "gain")):
             print(f"meta-test {key}: {est.mean:.3f} +/- {est.ci95:.3f} (95% CI, {est.n} tasks)")
-        else:
-            print(f"meta-test {key}: {est} (95% CI, {est.n} episodes)")
+        else:  # an Omniglot task is one episode; a Meta-World success rate is over tasks
+            print(f"meta-test {key}: {est} (95% CI, {est.n} {'tasks' if key.startswith('success') else 'episodes'})")
