@@ -145,6 +145,9 @@ def main() -> None:
     run = train(config, tracking_uri=uri, progress=False)
     print(f"{args.result}: {run.iterations} iterations, {run.train_seconds / 60:.1f} min of training, run {run.run_id}")
     test = run.test
+    if args.result != "bandit":  # a bandit trial has an estimate per pull: only its total is shown
+        for key, est in test.items():
+            print(show(key, est))
     if args.result == "bandit":
         family = build_env_family(config)
         pulls = config.task.trial_episodes
@@ -159,22 +162,15 @@ def main() -> None:
         print(f"RL2 / Thompson = {rl2.mean / ts.mean:.3f} (target >= 0.95); RL2 - UCB1 = {rl2.mean - ucb.mean:+.2f} (target > 0)")
     elif args.result in ("navigation-maml", "half-cheetah"):
         pre, post = test["return_step_0"], test["return_step_1"]
-        for key, est in test.items():
-            print(show(key, est))
         if args.result == "navigation-maml":
             print(f"|post| / |pre| = {abs(post.mean) / abs(pre.mean):.3f} (target <= 0.5)")
         else:
             print(f"post - pre = {post.mean - pre.mean:+.1f}; CIs overlap: {pre.mean + pre.ci95 >= post.mean - post.ci95} (target: no)")
             print(show("paired gain after 1 step", test["gain_step_1"]))
-    elif args.result.startswith("ml"):
-        for key, est in test.items():
-            print(show(key, est))
-    else:
+    elif args.result == "navigation-pearl":
         family = build_env_family(config)
         goals = [family.task(t.descriptor)["goal"] for t in test_tasks(config)]
         oracle, still = estimate(navigation_baseline(family, goals, True)), estimate(navigation_baseline(family, goals, False))
-        for key, est in test.items():
-            print(show(key, est))
         print(show("oracle (knows the goal)", oracle))
         print(show("standing still", still))
         after = test["return_episode_2"]
