@@ -127,6 +127,23 @@ def test_plans_get_their_own_streams_and_parameters(nav):
     assert not same(expected, first["post"])  # same parameters, but call 0 instead of call 1
 
 
+def test_a_family_caps_the_environments_a_worker_steps_together(nav, monkeypatch):
+    """``max_envs``: the call's episodes run in consecutive parts (a request larger than the cap
+    alone), the worker holds at most the cap of environments, and no trajectory changes."""
+    worker, params = nav
+    tasks = descriptors(5, "train", 2, 5)
+    jobs = [(TwoSamples(3), t) for t in tasks] + [(Episodes(7), tasks[0])]
+    free = worker.run_plans(params, jobs)
+    capped = RolloutWorker(build("navigation_2d", horizon=40))
+    monkeypatch.setattr(capped.family, "max_envs", 4)
+    out = capped.run_plans(params, jobs)
+    assert len(capped.envs) == 7  # the request of 7 alone; every other part held at most 4
+    assert len(worker.envs) >= 15 + 7
+    for a, b in zip(free[:5], out[:5]):
+        assert same(a["pre"], b["pre"]) and same(a["post"], b["post"])
+    assert same(free[5]["trajectories"], out[5]["trajectories"])
+
+
 def test_a_failing_plan_raises_in_the_caller(nav):
     worker, params = nav
 

@@ -30,6 +30,9 @@ class EnvFamily(ABC):
 
     name: ClassVar[str]
     horizon: int
+    # At most this many environments stepped together in a rollout worker (None: every episode
+    # of its call at once); the rest wait for the next run of the same loop. Bounds a worker's memory.
+    max_envs: ClassVar[int | None] = None
 
     @abstractmethod
     def sample(self, rng: np.random.Generator) -> TaskParams:

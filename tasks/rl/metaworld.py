@@ -147,6 +147,10 @@ class MetaWorld(EnvFamily):
     ``max_path_length``: 500 as the benchmark defines it; shorter only for smoke tests."""
 
     name = "metaworld"
+    # A Sawyer environment holds ~21 MB (60 ML10 ones, RSS): 100 per worker is ~2 GB, a training
+    # iteration's share on 2 workers (ML1 / ML10: 10 tasks x 10 episodes each); the meta-test's 50
+    # tasks at once took 250 per worker and ran a 24 GB machine out of memory.
+    max_envs = 100
 
     def __init__(self, benchmark: str = "ML1", env_name: str = "reach-v3", seed: int = 0, max_path_length: int = 500):
         check_option(self.name, "benchmark", benchmark in BENCHMARKS, benchmark, f"one of {list(BENCHMARKS)}")
