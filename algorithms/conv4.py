@@ -89,9 +89,9 @@ class Conv4(nn.Module):
 class Conv4Classifier(nn.Module):
     """Conv-4 and a linear head over ``ways`` classes: the network of MAML, Reptile and ANIL."""
 
-    def __init__(self, ways: int, in_channels: int = 1):
+    def __init__(self, ways: int, in_channels: int = 1, filters: int = EMBEDDING_DIM):
         super().__init__()
-        self.body = Conv4(in_channels)
+        self.body = Conv4(in_channels, filters)
         self.head = nn.Linear(self.body.out_features, ways)
 
     def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:

@@ -46,7 +46,7 @@ def model_for(config: Config, family: TaskFamily) -> FunctionalModel:
     """The adapting methods' network: an MLP for vector inputs, Conv-4 for images."""
     if registry.task(config.task.name).model == "mlp":
         return FunctionalModel(mlp(family.input_dim, config.model.hidden, family.output_dim))
-    return FunctionalModel(Conv4Classifier(config.task.ways))
+    return FunctionalModel(Conv4Classifier(config.task.ways, filters=config.model.filters))
 
 
 def vectorize(config: Config) -> str:
@@ -94,35 +94,35 @@ def _episodic(config: Config) -> dict[str, Any]:
 
 
 def protonet(config: Config, family: TaskFamily) -> MetaLearner:
-    from metaorch.algorithms.protonet import ProtoNet
+    from metaorch.algorithms.protonet import ProtoNet, protonet_model
 
-    return ProtoNet(**_episodic(config))
+    return ProtoNet(protonet_model(config.model.filters), **_episodic(config))
 
 
 def matching(config: Config, family: TaskFamily) -> MetaLearner:
     from metaorch.algorithms.matching import MatchingNetworks, matching_model
 
     a = config.algorithm
-    return MatchingNetworks(matching_model(fce=a.fce), scale=a.scale, **_episodic(config))
+    return MatchingNetworks(matching_model(fce=a.fce, filters=config.model.filters), scale=a.scale, **_episodic(config))
 
 
 def siamese(config: Config, family: TaskFamily) -> MetaLearner:
-    from metaorch.algorithms.siamese import SiameseNetworks
+    from metaorch.algorithms.siamese import SiameseNetworks, siamese_model
 
-    return SiameseNetworks(**_episodic(config))
+    return SiameseNetworks(siamese_model(config.model.filters), **_episodic(config))
 
 
 def mann(config: Config, family: TaskFamily) -> MetaLearner:
     from metaorch.algorithms.mann import MANN
 
-    return MANN(config.task.ways, **_episodic(config))
+    return MANN(config.task.ways, filters=config.model.filters, **_episodic(config))
 
 
 def snail(config: Config, family: TaskFamily) -> MetaLearner:
     """One network per shot count (the depth of its temporal convolutions), as in the paper."""
     from metaorch.algorithms.snail import SNAIL
 
-    return SNAIL(config.task.ways, shots=config.task.shots, **_episodic(config))
+    return SNAIL(config.task.ways, shots=config.task.shots, filters=config.model.filters, **_episodic(config))
 
 
 def build_components(config: Config, data: Any = None) -> tuple[TaskFamily, MetaLearner]:

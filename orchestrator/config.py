@@ -70,6 +70,8 @@ class Config(Section):
                 f"algorithm.name={a!r} does not apply to task.name={t.name!r} ({family.problem}): "
                 f"{t.name} takes {', '.join(registry.methods_for(family.problem))}"
             )
+        if family.model != "conv4" and self.model.filters != ModelConfig.model_fields["filters"].default:
+            raise ValueError(f"model.filters={self.model.filters} sets Conv-4's width; task.name={t.name!r} has no Conv-4")
         if t.shift and not family.shift:
             raise ValueError(f"task.shift={t.shift} moves drawings; it does not apply to task.name={t.name!r}")
         if family.problem == "rl":

@@ -49,6 +49,7 @@ class ModelConfig(Section):
     transductive: bool = Field(
         True, description="Conv-4 batch norm uses query-batch statistics; false: support statistics only"
     )
+    filters: int = Field(64, ge=1, le=1024, description="Conv-4 channels per block, so its embedding size (Omniglot; the papers: 64)")
 
     @field_validator("hidden")
     @classmethod

@@ -162,3 +162,23 @@ def test_classifying_learners_report_accuracy() -> None:
         assert acc.shape == (2,) and ((acc >= 0) & (acc <= 1)).all()
         logits = lrn.query_logits(p, *(episode()[k][0] for k in ("support_x", "support_y", "query_x")))
         torch.testing.assert_close(acc[0], (logits.argmax(-1) == episode()["query_y"][0]).float().mean())
+
+
+def test_model_filters_sets_every_omniglot_methods_conv4_width(tmp_path):
+    """``model.filters`` reaches the Conv-4 of each method on Omniglot: its first convolution has
+    that many output channels, and the learner computes a direction for an episode with it."""
+    from metaorch.orchestrator import registry
+    from metaorch.orchestrator.components import build_components
+    from metaorch.orchestrator.config import from_dict
+
+    for name in registry.methods_for("classification"):
+        config = from_dict({"task": {"name": "omniglot", "ways": 3, "shots": 1, "queries": 2},
+                            "data": {"root": str(tmp_path)}, "algorithm": {"name": name}, "model": {"filters": 8},
+                            "eval": {"queries": 5}}, "(test)")  # fmt: skip
+        _, learner = build_components(config)
+        convs = [m for m in learner.model.module.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and convs[0].out_channels == 8, (name, convs[:1])
+        batch = {k: v.float() if v.is_floating_point() else v for k, v in episode(ways=3, shots=1, queries=2, tasks=2).items()}
+        batch["order"] = torch.stack([torch.randperm(9, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+        update = learner.outer_update(learner.init_meta_params(0), batch)
+        assert torch.isfinite(update.direction).all() and update.direction.numel() == learner.init_meta_params(0).numel(), name
