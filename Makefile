@@ -22,11 +22,11 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/metaorch train configs/sinusoid_maml.yaml
 
-# Two pytest processes, a test file each at a time: much of the suite waits on processes
-# starting (Ray, MLflow servers, CLI subprocesses) while the other file computes. The 15
-# slowest tests are listed at the end: where the suite's time goes.
+# Two pytest processes, a test file each at a time, the longest files first (tests/conftest.py):
+# much of the suite waits on processes starting (Ray, MLflow servers, CLI subprocesses) while
+# the other file computes. The 15 slowest tests are listed at the end: where the time goes.
 test: venv
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python bench/maml_iteration.py

@@ -24,6 +24,28 @@ import pytest  # noqa: E402
 from metaorch.orchestrator.config import Config, deep_merge, from_dict  # noqa: E402
 
 
+# The costliest files, costliest first (CPU seconds in a full run, bench/suite_cpu.py), then
+# the rest in file order: `make test` hands each pytest process whole files in collection order
+# (--dist loadfile --no-loadscope-reorder), so a long file handed out last would run alone at the end.
+LONGEST_FIRST = (
+    "test_omniglot_sequence_training.py",  # 640
+    "test_orchestration.py",  # 340
+    "test_omniglot_training.py",  # 240
+    "test_faults.py",  # 210
+    "test_jobs.py",  # 190
+    "test_rl_training.py",  # 150
+    "test_metaworld.py",  # 130
+    "test_model_package.py",  # 110
+    "test_placement.py",  # 110
+    "test_reproducibility.py",  # 110
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
@@ -54,6 +76,16 @@ def omniglot_root() -> Path:
 def omniglot_cache(tmp_path_factory) -> Path:
     """One preprocessed-array cache for every Omniglot run of the session."""
     return tmp_path_factory.mktemp("omniglot-cache")
+
+
+@pytest.fixture(scope="module")
+def omniglot_runs(ray_session, omniglot_cache, tmp_path_factory):
+    """``omniglot_runs(method)``: the Omniglot learning tests' config and run of ``method``
+    (tests/omniglot_learning.py), each trained once per test module."""
+    from omniglot_learning import trainer
+
+    omniglot_root()
+    return trainer(tmp_path_factory.mktemp("omniglot-runs"), omniglot_cache)
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ import torch
 from conftest import omniglot_root
 from metaorch.orchestrator.config import load_config
 from metaorch.orchestrator.trainer import train
-from test_omniglot_training import omniglot_config
+from omniglot_learning import omniglot_config
 from test_rl_training import NAV, QUIET, rl_config
 
 ANNEALED = (
-    "outer: {iterations: 300, meta_batch: 8, lr: 0.01, final_lr: 0.0}\n"
+    "outer: {iterations: 100, meta_batch: 8, lr: 0.01, final_lr: 0.0}\n"
     "workers: {num_workers: 1, num_cpus: 1, chunk_size: 4}\n"
     "eval: {at_end: false, plot_tasks: 0, val_every: 1000}\n"
     "checkpoint: {every: 5}\n"
@@ -50,13 +50,13 @@ def test_resume_after_sigterm_with_an_annealed_lr_equals_an_uninterrupted_run(ra
     assert proc.returncode == 128 + signal.SIGTERM, out
     (latest,) = workdir.glob("checkpoints/*/latest.pt")
     stopped_at = torch.load(latest, weights_only=True)["iteration"]
-    assert 5 <= stopped_at < 300, f"stopped at {stopped_at}: the run must end after SIGTERM, not before"
+    assert 5 <= stopped_at < 100, f"stopped at {stopped_at}: the run must end after SIGTERM, not before"
     assert f"interrupted; checkpoint at iteration {stopped_at}" in out
 
     config = load_config(workdir / "job.yaml")
     resumed = train(config, resume=str(latest), progress=False)
     straight = train(config, progress=False)
-    assert resumed.iterations == straight.iterations == 300
+    assert resumed.iterations == straight.iterations == 100
     assert torch.equal(straight.meta_params, resumed.meta_params)
 
 

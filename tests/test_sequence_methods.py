@@ -328,7 +328,7 @@ def test_mann_learns_from_labels_given_one_step_late():
     this size, too long for a unit test; what it learns first, and what is checked here, is
     to use the late labels across time: at a class's first instance the right label is one
     not given yet, so accuracy there rises above chance (0.2). Binding itself is tested on
-    real Omniglot in test_omniglot_training.py."""
+    real Omniglot in test_omniglot_sequence_training.py."""
     tpl, g = templates(), torch.Generator().manual_seed(1)
     learner = MANN(WAYS, filters=8, hidden=64, slots=32, width=16, reads=1, vectorize="vmap")
     held_out = template_episodes(tpl, 32, 1, 5, 0.1, torch.Generator().manual_seed(99))
