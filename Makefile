@@ -22,7 +22,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/metaorch train configs/sinusoid_maml.yaml
 
-# Two pytest processes, a test file each at a time, the longest files first (tests/conftest.py):
+# Two pytest processes, a test file each at a time, the costliest files first (tests/conftest.py):
 # much of the suite waits on processes starting (Ray, MLflow servers, CLI subprocesses) while
 # the other file computes. The 15 slowest tests are listed at the end: where the time goes.
 test: venv
