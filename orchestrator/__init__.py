@@ -7,21 +7,11 @@ The Python API is the CLI's::
     evaluate(run.run_id, steps=[1, 5, 10])
 """
 
-from typing import Any
-
+from metaorch import lazy_exports
 from metaorch.orchestrator.config import Config, load_config
 from metaorch.orchestrator.errors import UserError
 
-_TRAINER = ("EvalResult", "RunResult", "evaluate", "train")  # from orchestrator.trainer
-
-
-def __getattr__(name: str) -> Any:
-    """The training API pulls in Ray, torch and MLflow; load it on first use, not on import."""
-    if name in _TRAINER:
-        from metaorch.orchestrator import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
-
+# the training API pulls in Ray, torch and MLflow: loaded on first use, not on import
+__getattr__ = lazy_exports(__name__, {name: "trainer" for name in ("EvalResult", "RunResult", "evaluate", "train")})
 
 __all__ = ["Config", "EvalResult", "RunResult", "UserError", "evaluate", "load_config", "train"]

@@ -104,6 +104,7 @@ def run(argv: list[str]) -> int:
         return _jobs(args)
     if args.command == "tune":
         return tune.run_command(args)
+    config = load_config(args.config, args.overrides) if args.command == "train" else None  # before torch and Ray load
 
     from metaorch.orchestrator.console import print_estimates
     from metaorch.orchestrator.mlflow_client import ui_command
@@ -111,8 +112,7 @@ def run(argv: list[str]) -> int:
     from metaorch.orchestrator.trainer import evaluate, train
     from metaorch.workers import PoolExhausted
 
-    if args.command == "train":
-        config = load_config(args.config, args.overrides)
+    if config is not None:
         try:
             result = train(
                 config, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from metaorch.algorithms.rl import MAMLTRPOConfig, PEARLConfig, PPOConfig
+from metaorch.algorithms.rl.config import MAMLTRPOConfig, PPOConfig
+from metaorch.algorithms.rl.pearl.config import PEARLConfig
 from metaorch.orchestrator import registry
 from metaorch.orchestrator.preflight import redact
 

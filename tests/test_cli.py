@@ -303,6 +303,27 @@ def test_config_show_resolves_overrides(cli_runs):
     assert sorted(os.listdir(cwd)) == ["tiny.yaml"]
 
 
+CHECK_ONLY = """
+import sys
+from metaorch.orchestrator import cli
+codes = []
+for args in (["config", "show", sys.argv[1]], ["train", sys.argv[1], "--set", "outer.lr=-1"]):
+    try:
+        cli.main(args)
+    except SystemExit as exc:
+        codes.append(exc.code)
+print(codes, sorted(m for m in ("torch", "ray", "mlflow") if m in sys.modules))
+"""
+
+
+def test_checking_a_config_loads_neither_torch_nor_ray_nor_mlflow(tmp_path):
+    """``config show`` and a refused config answer in well under a second: the configuration
+    (its RL sections included) is plain data, and the algorithms load on first use."""
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    proc = subprocess.run([sys.executable, "-c", CHECK_ONLY, "tiny.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "[0, 2] []", proc.stdout + proc.stderr
+
+
 def test_unknown_run_id_creates_no_store(cli_runs):
     """``train --resume RUN_ID`` takes the same path (resolve_checkpoint)."""
     cwd, before, future = cli_runs["eval-unknown-run"]

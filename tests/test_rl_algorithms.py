@@ -46,7 +46,8 @@ from metaorch.algorithms.rl.pearl import (
 )
 from metaorch.algorithms.rl.policies import GaussianMLPPolicy
 from metaorch.algorithms.rl.returns import LinearFeatureBaseline, baseline_advantages, discounted_returns, gae, normalize
-from metaorch.algorithms.rl.rl2 import GRUPolicy, PPOConfig, RL2Learner, RL2Plan, ppo_loss
+from metaorch.algorithms.rl.config import PPOConfig
+from metaorch.algorithms.rl.rl2 import GRUPolicy, RL2Learner, RL2Plan, ppo_loss
 from metaorch.algorithms.rl.trajectories import Trajectories
 from metaorch.tasks.base import TaskDescriptor, descriptors
 

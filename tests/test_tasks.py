@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from metaorch.algorithms import TaskBatch
+from metaorch.tasks.base import TaskBatch
 from metaorch.tasks import SinusoidTasks, TaskDescriptor, descriptors
 
 KEYS = ("support_x", "support_y", "query_x", "query_y", "amplitude", "phase")

@@ -4,11 +4,14 @@ No Ray, no gymnasium here: rollout workers (``workers/``) step environments (``t
 and hand these functions :class:`Trajectories`; a test can build trajectories by hand.
 """
 
-from metaorch.algorithms.rl.maml_trpo import MAMLPlan, MAMLTRPOConfig, MAMLTRPOLearner, adapt
-from metaorch.algorithms.rl.pearl import PEARL, PEARLConfig, PEARLPlan, PEARLPolicy
-from metaorch.algorithms.rl.rl2 import GRUPolicy, PPOConfig, RL2Learner, RL2Plan
-from metaorch.algorithms.rl.trajectories import Plan, Policy, Sample, Trajectories
+from metaorch import lazy_exports
 
-__all__ = ["Plan", "Policy", "Sample", "Trajectories"]
-__all__ += ["MAMLPlan", "MAMLTRPOConfig", "MAMLTRPOLearner", "adapt", "GRUPolicy", "PPOConfig", "RL2Learner", "RL2Plan"]
-__all__ += ["PEARL", "PEARLConfig", "PEARLPlan", "PEARLPolicy"]
+_EXPORTS = {
+    "Plan": "trajectories", "Policy": "trajectories", "Sample": "trajectories", "Trajectories": "trajectories",
+    "MAMLTRPOConfig": "config", "PPOConfig": "config",
+    "MAMLPlan": "maml_trpo", "MAMLTRPOLearner": "maml_trpo", "adapt": "maml_trpo",
+    "GRUPolicy": "rl2", "RL2Learner": "rl2", "RL2Plan": "rl2",
+    "PEARL": "pearl", "PEARLConfig": "pearl", "PEARLPlan": "pearl", "PEARLPolicy": "pearl",
+}  # fmt: skip
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -28,6 +28,7 @@ import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
 from metaorch.algorithms.rl.batching import masked_mean, to_tensors
+from metaorch.algorithms.rl.config import MAMLTRPOConfig
 from metaorch.algorithms.rl.returns import baseline_advantages
 from metaorch.algorithms.rl.trajectories import Sample, Trajectories
 
@@ -40,33 +41,6 @@ class DifferentiablePolicy(Protocol):
     def distribution(self, params: torch.Tensor, obs: torch.Tensor) -> Distribution: ...
 
     def to(self, device: torch.device | str) -> DifferentiablePolicy: ...
-
-
-@dataclass(frozen=True)
-class MAMLTRPOConfig:
-    """Defaults: pytorch-maml-rl's (HalfCheetah-Vel / 2D-navigation configs)."""
-
-    inner_lr: float = 0.1  # fast-lr
-    inner_steps: int = 1  # num-steps, each on the same pre-adaptation episodes
-    first_order: bool = False
-    gamma: float = 0.99
-    gae_lambda: float = 1.0
-    normalize_advantages: bool = True
-    episodes_per_task: int = 20  # fast-batch-size, before and after adaptation
-    max_kl: float = 1e-2
-    cg_iters: int = 10
-    cg_damping: float = 1e-5
-    # Fisher-vector products from this many of the batch's tasks, evenly spaced in task order
-    # (None: all). The HVPs through the second-order inner steps are ~75% of the learner's
-    # time; a subsample is the classic TRPO economy (rllab's subsample_factor, baselines' every
-    # 5th step). The gradient and the line search's KL check still use every task.
-    fvp_tasks: int | None = None
-    ls_max_steps: int = 15
-    ls_backtrack_ratio: float = 0.8
-
-    def __post_init__(self) -> None:
-        if self.fvp_tasks is not None and self.fvp_tasks < 1:
-            raise ValueError(f"fvp_tasks must be at least 1 (or null for every task), got {self.fvp_tasks}")
 
 
 def fvp_subset(num_tasks: int, fvp_tasks: int | None) -> list[int]:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaorch.algorithms.rl.maml_trpo import MAMLTRPOConfig, adapt
+from metaorch.algorithms.rl.config import MAMLTRPOConfig
+from metaorch.algorithms.rl.maml_trpo import adapt
 from metaorch.algorithms.rl.trajectories import Sample
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from metaorch.algorithms.models import FunctionalModel
 from metaorch.algorithms.rl.batching import concat_episodes, masked_mean, to_tensors
+from metaorch.algorithms.rl.config import PPOConfig
 from metaorch.algorithms.rl.returns import gae, normalize
 from metaorch.algorithms.rl.trajectories import Sample, Trajectories
 
@@ -164,23 +165,6 @@ class GRUPolicy:
 
 
 # -- PPO -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """Defaults: Schulman et al. 2017's MuJoCo settings where they apply, Duan et al.'s discount."""
-
-    lr: float = 3e-4
-    epochs: int = 10
-    minibatches: int = 4  # per epoch, each a set of whole trials
-    clip: float = 0.2
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    normalize_advantages: bool = True
-    max_grad_norm: float = 0.5
-    trials_per_task: int = 1
 
 
 def ppo_loss(

@@ -18,10 +18,14 @@ actor and the encoder as one flat vector, and :class:`PEARLPlan`); the driver's 
 :meth:`PEARL.update` on its own device. ``config.py`` holds the hyperparameters of both.
 """
 
-from metaorch.algorithms.rl.pearl.agent import PEARLPlan, PEARLPolicy, kl_to_unit_gaussian, make_context, product_of_gaussians, squash
-from metaorch.algorithms.rl.pearl.config import PEARLConfig
-from metaorch.algorithms.rl.pearl.replay import ReplayBuffer
-from metaorch.algorithms.rl.pearl.sac import PEARL
+from metaorch import lazy_exports
 
-__all__ = ["PEARL", "PEARLConfig", "PEARLPlan", "PEARLPolicy", "ReplayBuffer"]
-__all__ += ["kl_to_unit_gaussian", "make_context", "product_of_gaussians", "squash"]
+_EXPORTS = {
+    "PEARLPlan": "agent", "PEARLPolicy": "agent", "kl_to_unit_gaussian": "agent", "make_context": "agent",
+    "product_of_gaussians": "agent", "squash": "agent",
+    "PEARLConfig": "config",
+    "ReplayBuffer": "replay",
+    "PEARL": "sac",
+}  # fmt: skip
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
