@@ -52,10 +52,10 @@ def save(config: Config, tracker: Tracker, done: int, runner: Runner) -> Path:
     return path
 
 
-def out_of_time(outer: OuterConfig, elapsed_s: float, last_s: float) -> bool:
-    """Whether another iteration, as long as the last one, would end past ``outer.max_minutes``:
-    a budget the run stays inside, not one it passes by an iteration."""
-    return outer.max_minutes is not None and elapsed_s + last_s > 60 * outer.max_minutes
+def out_of_time(outer: OuterConfig, elapsed_s: float, next_s: float) -> bool:
+    """Whether another pass of the loop, forecast to take ``next_s``, would end past
+    ``outer.max_minutes``: a budget the run stays inside, not one it passes by an iteration."""
+    return outer.max_minutes is not None and elapsed_s + next_s > 60 * outer.max_minutes
 
 
 def _logged_after(tracker: Tracker, step: int) -> set[tuple[str, int]]:
@@ -118,9 +118,15 @@ def run_loop(
     done, last_saved, last_path = first, first, None
     next_grow = time.monotonic() + w.grow_every_s
     workers_logged: dict[str, float] = {}
+    # outer.max_minutes: the next pass is forecast as the last one (iteration, validation, logging)
+    # plus, when one is due, a checkpoint as long as the last checkpoint took
+    pass_s = save_s = 0.0
     started = time.perf_counter()
     try:
         for it in range(first, o.iterations):
+            due = save_s if (it + 1) % config.checkpoint.every == 0 else 0.0
+            if it > first and out_of_time(o, time.perf_counter() - started, pass_s + due):
+                break
             if (w.num_workers == "auto" or pool.size < w.num_workers) and time.monotonic() >= next_grow:
                 pool.grow(target_workers(w, runner.reserved_gpus))  # new nodes: more workers, without waiting for them
                 next_grow = time.monotonic() + w.grow_every_s
@@ -139,10 +145,11 @@ def run_loop(
             if report is not None:
                 report(done, metrics, tracker)
             bar.update(done, runner.shown(metrics))
-            if out_of_time(o, time.perf_counter() - started, time.perf_counter() - t0):
-                break
+            pass_s = time.perf_counter() - t0
             if done % config.checkpoint.every == 0 and done < o.iterations:
+                t1 = time.perf_counter()
                 last_path, last_saved = save(config, tracker, done, runner), done
+                save_s = time.perf_counter() - t1
     except BaseException as exc:
         bar.close()
         if done > last_saved:
@@ -153,7 +160,7 @@ def run_loop(
         raise
     bar.close()
     train_seconds = time.perf_counter() - started
-    final = save(config, tracker, done, runner)
+    final = last_path if last_saved == done and last_path is not None else save(config, tracker, done, runner)
     try:
         if ("time/train_s", done) not in logged:
             tracker.log_metrics({"time/train_s": train_seconds}, step=done)
