@@ -117,9 +117,30 @@ def assert_no_ray_started(ray_tmp: Path) -> None:
     assert not started, f"Ray was started for bad input: {started}"
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory) -> Path:
+    """An empty sqlite MLflow store with MLflow's schema migrations already applied: creating
+    one costs ~2-3 CPU-s (alembic runs every migration), a copy ~0.07."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("migrated-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """Run in a fresh directory so mlflow.db and checkpoints/ never leak between tests."""
+def workdir(tmp_path, monkeypatch, migrated_store):
+    """Run in a fresh directory so mlflow.db and checkpoints/ never leak between tests. It holds
+    an empty, already migrated ``mlflow.db`` (the default store); :func:`empty_workdir` does not."""
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def empty_workdir(tmp_path, monkeypatch):
+    """A fresh, empty working directory: for tests that check what a run creates, or that bad
+    input creates nothing."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -169,18 +169,18 @@ def test_trial_episode_returns_split_at_the_done_flag():
     np.testing.assert_allclose(got[1], [1, 3 + 5 + 7, 9])
 
 
-def test_bad_explicit_task_params_exit_before_training(workdir):
+def test_bad_explicit_task_params_exit_before_training(empty_workdir):
     from metaorch.orchestrator.errors import UserError
 
     config = rl_config(NAV, "maml_trpo", eval={"task_params": [{"goal": [0.1, 0.2]}, {"goal": [0.1]}]})
     with pytest.raises(UserError, match=r"eval.task_params\[1\].*goal"):
         train(config, progress=False)
-    assert not (workdir / "mlflow.db").exists() and not (workdir / "checkpoints").exists()
+    assert sorted(empty_workdir.iterdir()) == []
 
 
-def test_bad_family_option_names_the_field(workdir):
+def test_bad_family_option_names_the_field(empty_workdir):
     from metaorch.orchestrator.errors import UserError
 
     with pytest.raises(UserError, match=r"task.options.*arms"):
         train(rl_config({"name": "bandit", "options": {"arms": 1}, "trial_episodes": 5}, "rl2", model={"hidden": [8]}), progress=False)
-    assert not (workdir / "mlflow.db").exists()
+    assert sorted(empty_workdir.iterdir()) == []

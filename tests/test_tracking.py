@@ -132,7 +132,7 @@ def test_train_logs_everything_to_a_tracking_server(mlflow_server, ray_session, 
     _check_model(mlflow_server, config, result, monkeypatch)
 
 
-def test_train_round_trip_with_default_sqlite_store(ray_session, workdir, monkeypatch):
+def test_train_round_trip_with_default_sqlite_store(ray_session, empty_workdir, monkeypatch):
     from metaorch.orchestrator.trainer import train
 
     config = tiny_config(
@@ -143,8 +143,8 @@ def test_train_round_trip_with_default_sqlite_store(ray_session, workdir, monkey
     assert config.tracking.uri == "sqlite:///mlflow.db"
     result = train(config, progress=False)
     # anchored to the directory it was started in: MLflow caches stores by URI string
-    assert result.tracking_uri == f"sqlite:///{workdir / 'mlflow.db'}"
-    assert (workdir / "mlflow.db").is_file()
+    assert result.tracking_uri == f"sqlite:///{empty_workdir / 'mlflow.db'}"
+    assert (empty_workdir / "mlflow.db").is_file()
     _check_run(result.tracking_uri, config, result, full=False)
     _check_model(result.tracking_uri, config, result, monkeypatch)
 
