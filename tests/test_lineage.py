@@ -7,6 +7,7 @@ without training (their content is what differs, not how it travels).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata as md
 import json
@@ -41,7 +42,8 @@ def trained(request, ray_session, tmp_path_factory):
     )
     repo = git.Repo(CODE_ROOT, search_parent_directories=True)
     before = repo.head.commit.hexsha
-    result = train(config, tracking_uri=uri, progress=False)
+    with contextlib.chdir(root):  # a sqlite store's artifacts go to ./mlruns
+        result = train(config, tracking_uri=uri, progress=False)
     # other work may commit meanwhile: the run's commit is HEAD at some moment of the run
     heads = {before, *repo.git.rev_list(f"{before}..HEAD").split()}
     return uri, client(uri).get_run(result.run_id), heads
@@ -88,9 +90,10 @@ def test_the_sinusoid_family_is_a_dataset_input(trained):
 
 def _log(tmp_path, config) -> tuple[str, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker.start(uri, "lineage")
-    log_lineage(tracker, config, "train")
-    tracker.close()
+    with contextlib.chdir(tmp_path):  # a sqlite store's artifacts go to ./mlruns
+        tracker = Tracker.start(uri, "lineage")
+        log_lineage(tracker, config, "train")
+        tracker.close()
     return uri, tracker.run_id
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -30,7 +31,8 @@ def run(ray_session, tmp_path_factory):
         checkpoint={"dir": str(root / "checkpoints"), "every": 100},
         tracking={"system_metrics_s": 0.2},
     )
-    result = train(config, tracking_uri=uri, progress=False)
+    with contextlib.chdir(root):  # a sqlite store's artifacts go to ./mlruns
+        result = train(config, tracking_uri=uri, progress=False)
     return client(uri), result, uri
 
 

@@ -8,6 +8,8 @@ before: the poor ones fall below the good one's figure and are stopped there, ev
 
 from __future__ import annotations
 
+import contextlib
+
 import yaml
 import pytest
 
@@ -33,7 +35,8 @@ def search(ray_session, tmp_path_factory):
     (root / "space.yaml").write_text(yaml.safe_dump(SPACE))
     uri = f"sqlite:///{root / 'mlflow.db'}"
     groups_before = set(ray_session.util.placement_group_table())
-    code = cli.run(["tune", str(root / "job.yaml"), "--space", str(root / "space.yaml"), "--max-concurrent", "1", "--tracking-uri", uri, "--quiet"])
+    with contextlib.chdir(root):  # a sqlite store's artifacts go to ./mlruns
+        code = cli.run(["tune", str(root / "job.yaml"), "--space", str(root / "space.yaml"), "--max-concurrent", "1", "--tracking-uri", uri, "--quiet"])
     assert code == 0
     new_groups = [g for gid, g in ray_session.util.placement_group_table().items() if gid not in groups_before]
     c = client(uri)
@@ -109,7 +112,7 @@ def test_submit_checks_the_space_before_it_contacts_the_cluster(tmp_path, no_ray
     assert "algorithm.inner_lr: {'choice': [0.01, 0]}: 0 is not a valid value" in capsys.readouterr().err
 
 
-def test_a_trial_that_fails_before_it_trains_ends_its_run_failed(ray_session, tmp_path):
+def test_a_trial_that_fails_before_it_trains_ends_its_run_failed(ray_session, tmp_path, monkeypatch):
     """A trial whose data is missing fails in ``train``'s checks, before the run is taken over:
     its nested run is FAILED (not left RUNNING in the MLflow UI), and so is the search's."""
     from metaorch.orchestrator.config import from_dict
@@ -119,6 +122,7 @@ def test_a_trial_that_fails_before_it_trains_ends_its_run_failed(ray_session, tm
                                  "data": {"root": str(tmp_path), "cache_dir": str(tmp_path / "cache")}, "eval": CONFIG["eval"] | {"queries": 5},
                                  "checkpoint": {"every": 100, "dir": str(tmp_path / "checkpoints")}}, "(test)")  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # a sqlite store's artifacts go to ./mlruns
     with pytest.raises(RuntimeError, match="no trial reported val/accuracy"):
         tune(config, {"data.root": {"grid": [str(tmp_path / "missing")]}}, scheduler="fifo", tracking_uri=uri, progress=False)
     c = client(uri)
