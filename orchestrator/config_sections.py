@@ -88,7 +88,7 @@ class OuterConfig(Section):
     final_lr: float | None = Field(None, ge=0, le=100, description="anneal linearly to this (Reptile's epsilon)")
     meta_batch: int = Field(25, ge=1, le=100_000)
     iterations: int = Field(10_000, ge=1)
-    max_minutes: float | None = Field(None, gt=0, description="training time budget: stop before an iteration that, as long as the last, would end past it")
+    max_minutes: float | None = Field(None, gt=0, description="training time budget: stop before an iteration that, as long as the last (plus a due checkpoint), would end past it")
 
 
 class WorkersConfig(Section):

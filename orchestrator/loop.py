@@ -90,12 +90,21 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
         return
 
+    received: list[int] = []
+
     def handler(signum: int, frame: object) -> None:
+        received.append(signum)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    except SystemExit as exc:
+        # A signal that lands while the driver blocks in ray.wait/ray.get comes back from Ray as
+        # SystemExit(1) (it reports the wait as interrupted), not as this handler's exit
+        if received and exc.code != 128 + received[0]:
+            raise SystemExit(128 + received[0]) from exc
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -159,7 +159,7 @@ def test_the_logged_model_holds_no_pickle_and_loading_it_runs_no_code(ray_sessio
 
 # -- metaorch submit: Ray stores the entrypoint and the runtime env and shows them -------------
 @pytest.fixture
-def submitter(workdir, monkeypatch, no_ray_start):
+def submitter(empty_workdir, monkeypatch, no_ray_start):
     """A job dir with ``ok.yaml``; reaching for the job API or starting Ray fails the test."""
     from metaorch.orchestrator import jobs
 
@@ -168,8 +168,8 @@ def submitter(workdir, monkeypatch, no_ray_start):
 
     monkeypatch.setattr(jobs, "connect", contacted)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (workdir / "ok.yaml").write_text("outer: {iterations: 2}\n")
-    return workdir
+    (empty_workdir / "ok.yaml").write_text("outer: {iterations: 2}\n")
+    return empty_workdir
 
 
 @pytest.mark.parametrize("via", ["flag", "environment", "config"])
