@@ -150,26 +150,22 @@ def test_worker_killed_mid_run_is_replaced_and_result_unchanged(ray_session, wor
     assert torch.equal(reference.meta_params, disturbed.meta_params)
 
 
-def test_resume_from_30_to_60_equals_an_uninterrupted_60(ray_session, workdir):
+def test_resume_by_run_id_then_from_a_checkpoint_file_equals_an_uninterrupted_run(ray_session, workdir):
+    """30 iterations, resumed by run id to 45, then from that checkpoint file to 60: the same
+    parameters as 60 in one go, all in the first run."""
     quiet = {"at_end": False, "plot_tasks": 0}
     straight = _train(tiny_config(outer={"iterations": 60}, eval=quiet))
     first = _train(tiny_config(outer={"iterations": 30}, eval=quiet))
-    resumed = _train(tiny_config(outer={"iterations": 60}, eval=quiet), resume=first.run_id)
-    assert resumed.run_id == first.run_id
-    assert resumed.iterations == 60
-    assert torch.equal(straight.meta_params, resumed.meta_params)
+    by_id = _train(tiny_config(outer={"iterations": 45}, eval=quiet), resume=first.run_id)
+    assert by_id.run_id == first.run_id and by_id.iterations == 45
+    assert torch.load(by_id.checkpoint, weights_only=True)["iteration"] == 45
+    by_file = _train(tiny_config(outer={"iterations": 60}, eval=quiet), resume=str(by_id.checkpoint))
+    assert by_file.run_id == first.run_id and by_file.iterations == 60
+    assert torch.equal(straight.meta_params, by_file.meta_params)
 
-    ckpt = torch.load(resumed.checkpoint, weights_only=True)
+    ckpt = torch.load(by_file.checkpoint, weights_only=True)
     assert ckpt["iteration"] == 60
-    assert torch.equal(ckpt["meta_params"], resumed.meta_params)
-
-
-def test_resume_from_a_checkpoint_file(ray_session, workdir):
-    quiet = {"at_end": False, "plot_tasks": 0}
-    straight = _train(tiny_config(outer={"iterations": 20}, eval=quiet))
-    first = _train(tiny_config(outer={"iterations": 10}, eval=quiet))
-    resumed = _train(tiny_config(outer={"iterations": 20}, eval=quiet), resume=str(first.checkpoint))
-    assert torch.equal(straight.meta_params, resumed.meta_params)
+    assert torch.equal(ckpt["meta_params"], by_file.meta_params)
 
 
 @pytest.mark.parametrize("elapsed,last,stop", [(50.0, 9.0, False), (50.0, 11.0, True), (59.0, 0.5, False), (61.0, 0.0, True)])
