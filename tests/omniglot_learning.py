@@ -51,8 +51,8 @@ METHODS = {
     # 32 filters 39.4 at 200, 50.9 at 280).
     "snail": ({"name": "snail"}, 200, {"model": {"filters": 16}}),
     # 4 instances per class in training; a chunk's sequences share the core's steps. 48.6 ± 3.6%
-    # at 900 iterations (188 ms per chunk of 8 episodes on one core; 52.4 ± 3.4 at 32 filters, 273
-    # ms). Fewer iterations at a higher lr came too close to the bar: 46.4 ± 3.0 at 500 and 44.7 ±
+    # at 900 iterations (163 CPU-ms per chunk of 8 episodes on one core; 52.4 ± 3.4 at 32 filters,
+    # 230). Fewer iterations at a higher lr came too close to the bar: 46.4 ± 3.0 at 500 and 44.7 ±
     # 3.0 at 650 (lr 1e-2), 45.5 ± 2.6 at 600 (6e-3).
     "mann": ({"name": "mann"}, 900, {"task": {"queries": 3}, "model": {"filters": 16}, "outer": {"lr": 3e-3, "meta_batch": 16}, "workers": {"chunk_size": 8}}),
     # Nichol et al.'s recipe: inner Adam on mini-batches of support + queries ("train shots").
