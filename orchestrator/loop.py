@@ -130,11 +130,15 @@ def run_loop(
     # outer.max_minutes: the next pass is forecast as the last one (iteration, validation, logging)
     # plus, when one is due, a checkpoint as long as the last checkpoint took
     pass_s = save_s = 0.0
+
+    def checkpoint_due(n: int) -> bool:  # a periodic checkpoint after iteration n (the last one has its own)
+        return n % config.checkpoint.every == 0 and n < o.iterations
+
     started = time.perf_counter()
     try:
         for it in range(first, o.iterations):
-            due = save_s if (it + 1) % config.checkpoint.every == 0 else 0.0
-            if it > first and out_of_time(o, time.perf_counter() - started, pass_s + due):
+            due_s = save_s if checkpoint_due(it + 1) else 0.0
+            if it > first and out_of_time(o, time.perf_counter() - started, pass_s + due_s):
                 break
             if (w.num_workers == "auto" or pool.size < w.num_workers) and time.monotonic() >= next_grow:
                 pool.grow(target_workers(w, runner.reserved_gpus))  # new nodes: more workers, without waiting for them
@@ -155,7 +159,7 @@ def run_loop(
                 report(done, metrics, tracker)
             bar.update(done, runner.shown(metrics))
             pass_s = time.perf_counter() - t0
-            if done % config.checkpoint.every == 0 and done < o.iterations:
+            if checkpoint_due(done):
                 t1 = time.perf_counter()
                 last_path, last_saved = save(config, tracker, done, runner), done
                 save_s = time.perf_counter() - t1

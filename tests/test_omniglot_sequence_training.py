@@ -9,8 +9,9 @@ import pytest
 from omniglot_learning import SEQUENCE, assert_learns
 
 
-# MANN's run took 410-590 s beside the other pytest process in two full runs on one day, too
-# close to the suite's 600-s hang guard; it gets twice that.
+# MANN's run took 410-590 s beside the other pytest process in two full runs on one day at 32
+# filters, and 680 s at 16 in a full run on a slow day: past the suite's 600-s hang guard; it
+# gets twice that.
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.timeout(1200)) if m == "mann" else m for m in SEQUENCE])
 def test_method_learns_omniglot(method, omniglot_runs) -> None:
     assert_learns(method, omniglot_runs)
