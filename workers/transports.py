@@ -16,7 +16,8 @@ tasks and the parameters (tests/test_orchestration.py, tests/test_faults.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -84,22 +85,33 @@ class Compiled:
 class InProcess:
     """One worker in the driver; it is its own slot manager (one slot, never replaced).
 
-    The driver computes with ``resources.threads`` torch threads while the pool is open,
-    as an actor would (a chunk's arithmetic must not depend on the transport).
+    The driver computes a chunk with ``resources.threads`` torch threads, as an actor would, and
+    everything else with its own: neither a chunk's arithmetic nor the driver's (the meta-test,
+    thread-count dependent in its convolutions) may depend on the transport.
     """
 
     restarts = 0
     size = 1
 
     def __init__(self, worker_cls: type, build: Any, resources: Resources):
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(resources.threads)
+        self._threads = resources.threads
         self.device = device_for(resources.num_gpus)
-        self.worker = worker_cls(build, self.device)
+        with self._worker_threads():
+            self.worker = worker_cls(build, self.device)
         self.actors = [self.worker]
 
+    @contextlib.contextmanager
+    def _worker_threads(self) -> Iterator[None]:
+        driver = torch.get_num_threads()
+        torch.set_num_threads(self._threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(driver)
+
     def run(self, params: np.ndarray, items: Sequence[Any]) -> list[Any]:
-        return self.worker.run(params, items)
+        with self._worker_threads():
+            return self.worker.run(params, items)
 
     def grow(self, target: int) -> None:
         """Nothing to grow: one worker, in this process."""
@@ -108,7 +120,7 @@ class InProcess:
         return [process_info(self.device)]
 
     def close(self) -> None:
-        torch.set_num_threads(self._threads)
+        """Nothing to close: the driver has its threads back after every call."""
 
     def shutdown(self) -> None:
-        """No actors to stop (``close`` gives the driver its threads back)."""
+        """No actors to stop."""
