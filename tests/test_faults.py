@@ -134,9 +134,9 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_training_goes_on_through_a_tracking_outage(ray_session, workdir, mlflow_server, caplog):
-    """The server stops once the run has logged 10 steps and comes back only once the run has
-    checkpointed OUTAGE_ITERATIONS more iterations (progress, not a fixed time): meanwhile training
-    goes on at full speed, and afterwards every step is in MLflow (spilled to disk, replayed)."""
+    """The server stops after iteration 10, once it holds those steps, and comes back only once the
+    run has checkpointed OUTAGE_ITERATIONS more iterations (progress, not a fixed time): meanwhile
+    training goes on at full speed, and afterwards every step is in MLflow (spilled to disk, replayed)."""
     from mlflow.tracking import MlflowClient
 
     from metaorch.orchestrator.trainer import train
@@ -159,16 +159,24 @@ def test_training_goes_on_through_a_tracking_outage(ray_session, workdir, mlflow
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         return len(client.get_metric_history(runs[0].info.run_id, "train/loss_post")) if runs else 0
 
-    def stop_and_restart() -> None:
-        """Stop the server once the run has logged 10 steps; start it again on the same port once the
-        run has checkpointed OUTAGE_ITERATIONS more iterations (or, failing that, after 300 s)."""
+    def stop_at(done: int, metrics: dict, tracker) -> None:
+        """The report of iteration 10 (in the training thread, so the outage starts at the same
+        step on a machine of any speed): once the server holds those 10 steps, stop it."""
+        if done != 10:
+            return
+        deadline = time.monotonic() + 120
+        while logged() < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        outage["stop"] = time.time()
+        mlflow_server.stop()
+        outage["down"], outage["down_at"] = time.time(), done
+        controller.start()
+
+    def restart() -> None:
+        """Start the server again on the same port once the run has checkpointed
+        OUTAGE_ITERATIONS more iterations (or, failing that, after 300 s)."""
         deadline = time.monotonic() + 300
         try:
-            while logged() < 10 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            outage["stop"] = time.time()
-            mlflow_server.stop()
-            outage["down"], outage["down_at"] = time.time(), checkpointed()
             while checkpointed() < outage["down_at"] + OUTAGE_ITERATIONS and time.monotonic() < deadline:
                 time.sleep(0.05)
             outage["held"], outage["down_until"] = time.time(), checkpointed()
@@ -176,9 +184,8 @@ def test_training_goes_on_through_a_tracking_outage(ray_session, workdir, mlflow
             mlflow_server.start()  # whatever happened: the run must be able to deliver and end
             outage["back"] = time.time()
 
-    controller = threading.Thread(target=stop_and_restart, daemon=True)
-    controller.start()
-    result = train(config, tracking_uri=mlflow_server.url, progress=False)
+    controller = threading.Thread(target=restart, daemon=True)
+    result = train(config, tracking_uri=mlflow_server.url, progress=False, report=stop_at)
     controller.join(timeout=180)
     assert "back" in outage, "the server was not restarted"
     assert outage["down_until"] >= outage["down_at"] + OUTAGE_ITERATIONS, f"training stalled during the outage: {outage}"
