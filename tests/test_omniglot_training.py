@@ -1,5 +1,5 @@
-"""The metric and gradient-based methods learn Omniglot through the real orchestrator (Ray
-workers, ordered reduction, MLflow) on a CI budget (tests/omniglot_learning.py); also the
+"""The metric and gradient-based methods learn Omniglot through the real orchestrator (its
+in-process worker, ordered reduction, MLflow) on a CI budget (tests/omniglot_learning.py); also the
 one-shot runs suite, on the learning test's runs. SNAIL and MANN: test_omniglot_sequence_training.py."""
 
 from __future__ import annotations
