@@ -214,12 +214,12 @@ def test_sink_never_blocks_training(workdir):
     assert c.get_run(tracker.run_id).info.status == "FINISHED"
 
 
-def test_dead_server_never_blocks_logging_and_close_is_bounded(caplog):
+def test_dead_server_never_blocks_logging_and_close_is_bounded(caplog, tmp_path):
     import mlflow.tracking  # noqa: F401  (time the client, not the first import of mlflow)
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.perf_counter()
-    tracker = Tracker(url, run_id="0" * 32, experiment_id="0")
+    tracker = Tracker(url, run_id="0" * 32, experiment_id="0", spill_dir=tmp_path / "spill")  # not /tmp's own
     assert time.perf_counter() - t0 < 2.0  # building the client does not talk to the server
 
     t0 = time.perf_counter()
@@ -245,6 +245,7 @@ def test_dead_server_never_blocks_logging_and_close_is_bounded(caplog):
     assert closed_in < 3.5, f"close(timeout=2) took {closed_in:.1f}s"
     assert not tracker._thread.is_alive(), "the sink thread outlived close()"
     assert any("giving up" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "spill" / "undelivered.jsonl").is_file()  # kept for the user to replay
 
 
 class SilencingProxy:
