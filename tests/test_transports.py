@@ -21,6 +21,7 @@ from metaorch.orchestrator.errors import UserError
 from metaorch.orchestrator.config import from_dict
 from metaorch.tasks.base import descriptors
 from metaorch.workers.pool import Resources, WorkerPool
+from metaorch.workers.worker import MetaWorker
 
 
 def _same(a, b) -> bool:
@@ -28,6 +29,20 @@ def _same(a, b) -> bool:
         (x.direction == y.direction).all() and (x.pre_loss == y.pre_loss).all() and (x.post_loss == y.post_loss).all()
         for x, y in zip(a, b)
     )
+
+
+class ThreadsSeen(MetaWorker):
+    """The worker, noting the torch threads each chunk was computed with."""
+
+    seen: list[int] = []
+
+    def run(self, params, items):
+        ThreadsSeen.seen.append(torch.get_num_threads())
+        return super().run(params, items)
+
+
+class ThreadsSeenPool(WorkerPool):
+    worker_cls = ThreadsSeen
 
 
 def test_inprocess_pool_returns_the_actors_chunk_results(ray_session):
@@ -40,7 +55,8 @@ def test_inprocess_pool_returns_the_actors_chunk_results(ray_session):
     results = {}
     try:
         for transport, workers in (("calls", 2), ("inprocess", 1)):
-            pool = WorkerPool(build, workers, Resources(num_cpus=0.5, threads=1), transport=transport)
+            pool_cls = ThreadsSeenPool if transport == "inprocess" else WorkerPool
+            pool = pool_cls(build, workers, Resources(num_cpus=0.5, threads=1), transport=transport)
             try:
                 results[transport] = pool.run(params, items)
                 infos = pool.info()
@@ -52,6 +68,7 @@ def test_inprocess_pool_returns_the_actors_chunk_results(ray_session):
             assert (os.getpid() in {i["pid"] for i in infos}) == (transport == "inprocess")
     finally:
         torch.set_num_threads(threads)
+    assert ThreadsSeen.seen == [1]  # the chunks with the worker's one thread, as in an actor
     assert [r.index for r in results["calls"]] == list(range(4))
     assert _same(results["calls"], results["inprocess"])
     reduced = [reduce_in_order(results[t], 4, 12).direction for t in ("calls", "inprocess")]
