@@ -33,10 +33,6 @@ class TaskConfig(Section):
     shift: int = Field(
         0, ge=0, le=13, description="Omniglot: meta-training drawings moved by up to this many pixels each way (augmentation; 0 = off)"
     )
-    distort: float = Field(
-        0.0, ge=0, le=3, description="Omniglot: meta-training drawings also turned, sheared and scaled at random; 1 = Koch et al.'s "
-        "ranges (+-10 degrees, +-0.3 rad shear, scale 1/1.2-1.2), 0 = off"
-    )
 
 
 class DataConfig(Section):

@@ -167,7 +167,6 @@ BAD_VALUES = [
     ("rl-options-on-sinusoid", None, ["task.options={arms: 3}"], ["task.options", "sinusoid"]),
     ("shift-on-sinusoid", None, ["task.shift=2"], ["task.shift=2", "sinusoid"]),
     ("shift-too-far", None, ["task.shift=14"], ["task.shift", "14"]),
-    ("distort-on-sinusoid", None, ["task.distort=1"], ["task.distort=1.0", "sinusoid"]),
     ("filters-on-sinusoid", None, ["model.filters=32"], ["model.filters=32", "sinusoid"]),
     ("filters-zero", None, ["model.filters=0"], ["model.filters", "0"]),
     ("fvp-tasks-zero", None, ["task.name=navigation_2d", "algorithm.name=maml_trpo", "rl.maml_trpo.fvp_tasks=0"], ["rl.maml_trpo", "fvp_tasks", "0"]),

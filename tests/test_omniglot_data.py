@@ -32,7 +32,6 @@ from metaorch.tasks.omniglot import (
     to_float,
     write_runs,
 )
-from metaorch.tasks.omniglot.episodes import KOCH, distort
 
 SMALL1, SMALL2 = OMNIGLOT_SMALL
 ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit", "Tagalog"]
@@ -322,40 +321,6 @@ def test_shift_moves_only_training_drawings_and_changes_nothing_else(root, cache
         assert all(torch.equal(x[k], y[k]) for k in KEYS), split
     with pytest.raises(ValueError, match="shift"):
         family(root, cache, shift=14)
-
-
-def test_distort_is_an_affine_map_about_the_centre() -> None:
-    """No distortion is the identity; a quarter turn about the centre lands pixel centres on pixel centres."""
-    images = (np.random.default_rng(0).random((2, 3, 28, 28)) > 0.7).astype(np.float32)
-    params = np.zeros((2, 3, 3))
-    np.testing.assert_allclose(distort(images, params), images, atol=1e-5)
-    params[..., 0] = np.pi / 2
-    np.testing.assert_allclose(distort(images, params), np.rot90(images, -1, axes=(-2, -1)), atol=1e-5)
-    yy, xx = np.mgrid[:28, :28] - 13.5  # a smooth blob at the centre: scaled by 1.5 it keeps its centre and grows 2.25x in area
-    blob = np.broadcast_to(np.exp(-(yy**2 + xx**2) / 18.0).astype(np.float32), images.shape)
-    params[..., 0], params[..., 2] = 0.0, np.log(1.5)
-    big = distort(blob, params)
-    np.testing.assert_allclose(big.sum((-1, -2)), 2.25 * blob.sum((-1, -2)), rtol=0.02)
-    np.testing.assert_allclose((big * yy).sum((-1, -2)), 0.0, atol=1e-3)
-
-
-def test_distort_warps_only_training_drawings_and_keeps_the_episode(root, cache) -> None:
-    shifted, warped = family(root, cache, queries=5, shift=2), family(root, cache, queries=5, shift=2, distort=1.0)
-    train = descriptors(seed=3, split="train", iteration=0, count=4)
-    a, b = shifted.batch(train), warped.batch(train)
-    for key in ("support_y", "query_y", "order"):
-        assert torch.equal(a[key], b[key]), key
-    assert all(np.array_equal(shifted.sample(t).shifts, warped.sample(t).shifts) for t in train)  # drawn after the shifts
-    angles = np.concatenate([warped.sample(t).distortions.reshape(-1, 3) for t in train])
-    assert np.abs(angles).max(0) == pytest.approx(KOCH, rel=0.1) and (np.abs(angles) <= KOCH).all()
-    assert not torch.equal(a["query_x"], b["query_x"])
-    assert b["query_x"].min() >= 0 and b["query_x"].max() <= 1 + 1e-6  # resampled ink stays in [paper, ink]
-    for split in ("val", "test"):
-        held = descriptors(seed=3, split=split, iteration=0, count=3)
-        x, y = shifted.batch(held), warped.batch(held)
-        assert all(torch.equal(x[k], y[k]) for k in KEYS), split
-    with pytest.raises(ValueError, match="distort"):
-        family(root, cache, distort=4.0)
 
 
 def test_episodes_are_pure_functions_of_descriptors(root, cache) -> None:

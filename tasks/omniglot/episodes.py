@@ -23,8 +23,6 @@ from metaorch.tasks.omniglot.images import PAPER, SIZE, to_float
 from metaorch.tasks.omniglot.splits import SplitSpec, split_characters
 
 ROTATIONS = 4  # quarter turns; each rotation of a character is a class of its own (Santoro et al.)
-# task.distort = 1: Koch et al.'s ranges, rotation +-10 degrees, shear +-0.3 rad, scale 1/1.2 to 1.2 (uniform in log)
-KOCH = np.array([np.deg2rad(10.0), 0.3, np.log(1.2)])
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,6 @@ class Episode:
     query_order: np.ndarray  # int64 [N*Q], likewise
     order: np.ndarray  # int64 [N*(K+Q)]: a permutation for sequence models over concat(support, query)
     shifts: np.ndarray  # int64 [N, K+Q, 2]: (down, right) translation of each drawing, 0 without augmentation
-    distortions: np.ndarray | None = None  # float64 [N, K+Q, 3]: (rotation rad, shear rad, log-scale) of each drawing; None: none
 
 
 class OmniglotTasks:
@@ -56,14 +53,12 @@ class OmniglotTasks:
         split: SplitSpec = "auto",
         cache_dir: str | Path | None = None,
         shift: int = 0,
-        distort: float = 0.0,
         download: bool = False,
         url: str | None = None,
     ):
         """``root`` None: the cache directory; ``download``: fetch the archives missing there (:mod:`.download`)."""
-        if ways < 1 or shots < 1 or queries < 0 or not 0 <= shift < SIZE // 2 or not 0 <= distort <= 3:
-            raise ValueError(f"expected ways >= 1, shots >= 1, queries >= 0, 0 <= shift < {SIZE // 2}, 0 <= distort <= 3; "
-                             f"got {ways}, {shots}, {queries}, {shift}, {distort}")
+        if ways < 1 or shots < 1 or queries < 0 or not 0 <= shift < SIZE // 2:
+            raise ValueError(f"expected ways >= 1, shots >= 1, queries >= 0, 0 <= shift < {SIZE // 2}; got {ways}, {shots}, {queries}, {shift}")
         _check_drawings(shots, queries)
         self.root = data_root(root, cache_dir)
         self.ways = ways
@@ -72,7 +67,6 @@ class OmniglotTasks:
         self.output_dim = ways
         self.rotations = rotations
         self.shift = shift  # training episodes only: augmentation never touches val or test
-        self.distort = distort
         self.split = split
         self.cache_dir = cache_dir
         self.download = download
@@ -125,8 +119,6 @@ class OmniglotTasks:
         support_order, query_order, order = rng.permutation(n * k), rng.permutation(n * queries), rng.permutation(n * (k + queries))
         s = self.shift if task.split == "train" else 0  # drawn last: the rest of the episode is the same with or without
         shifts = rng.integers(-s, s + 1, size=(n, k + queries, 2)) if s else np.zeros((n, k + queries, 2), np.int64)
-        d = self.distort if task.split == "train" else 0.0  # drawn after the shifts, which stay as they were without it
-        distortions = rng.uniform(-1.0, 1.0, size=(n, k + queries, 3)) * d * KOCH if d else None
         return Episode(
             characters=chars[classes // turns],
             rotations=(classes % turns).astype(np.int64),
@@ -135,7 +127,6 @@ class OmniglotTasks:
             query_order=query_order,
             order=order,
             shifts=shifts,
-            distortions=distortions,
         )
 
     def batch(self, tasks: list[TaskDescriptor], queries: int | None = None) -> TaskBatch:
@@ -152,14 +143,8 @@ class OmniglotTasks:
         turns = stack("rotations", (n,))
         drawings = stack("drawings", (n, k + queries))
         shifts = stack("shifts", (n, k + queries, 2))
-        warped = episodes and episodes[0].distortions is not None  # training episodes of a family with task.distort
-        distortions = np.stack([e.distortions for e in episodes]) if warped else None
-        support_x, support_y = self._gather(
-            chars, turns, drawings[:, :, :k], stack("support_order", (n * k,)), shifts[:, :, :k], distortions[:, :, :k] if warped else None
-        )
-        query_x, query_y = self._gather(
-            chars, turns, drawings[:, :, k:], stack("query_order", (n * queries,)), shifts[:, :, k:], distortions[:, :, k:] if warped else None
-        )
+        support_x, support_y = self._gather(chars, turns, drawings[:, :, :k], stack("support_order", (n * k,)), shifts[:, :, :k])
+        query_x, query_y = self._gather(chars, turns, drawings[:, :, k:], stack("query_order", (n * queries,)), shifts[:, :, k:])
         return {
             "support_x": torch.from_numpy(support_x),
             "support_y": torch.from_numpy(support_y),
@@ -169,8 +154,7 @@ class OmniglotTasks:
         }
 
     def _gather(
-        self, chars: np.ndarray, turns: np.ndarray, drawings: np.ndarray, order: np.ndarray, shifts: np.ndarray,
-        distortions: np.ndarray | None,
+        self, chars: np.ndarray, turns: np.ndarray, drawings: np.ndarray, order: np.ndarray, shifts: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Images [T, P, 1, 28, 28] and labels [T, P] of one side of the episodes.
 
@@ -188,10 +172,8 @@ class OmniglotTasks:
             hit = turn == quarter
             if hit.any():
                 images[hit] = np.rot90(images[hit], quarter, axes=(-2, -1))
-        images = to_float(translate(images, np.take_along_axis(shifts.reshape(t, n * per, 2), order[..., None], axis=1)))
-        if distortions is not None:
-            images = distort(images, np.take_along_axis(distortions.reshape(t, n * per, 3), order[..., None], axis=1))
-        return images[:, :, None], labels.astype(np.int64)
+        images = translate(images, np.take_along_axis(shifts.reshape(t, n * per, 2), order[..., None], axis=1))
+        return to_float(images)[:, :, None], labels.astype(np.int64)
 
 
 def translate(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -205,25 +187,6 @@ def translate(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         hit = (shifts == (dy, dx)).all(-1)
         out[hit] = padded[hit][:, s - dy : s - dy + SIZE, s - dx : s - dx + SIZE]
     return out
-
-
-def distort(images: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """Float images [..., 28, 28] (ink 1, paper 0) each turned, sheared and scaled about its centre.
-
-    ``params[..., :]`` = (rotation, shear, log-scale), radians and natural log. Pixels are
-    resampled bilinearly from the inverse map, paper (0) beyond the border: Koch et al.'s
-    affine distortions without their translation, which ``translate`` does on whole pixels.
-    """
-    flat = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).reshape(-1, 1, SIZE, SIZE)
-    angle, shear, log_scale = torch.from_numpy(params.reshape(-1, 3)).unbind(-1)
-    cos, sin, scale = torch.cos(angle), torch.sin(angle), torch.exp(log_scale)
-    # forward map = rotation @ shear @ scale; the sampling grid needs its inverse
-    forward = torch.stack([torch.stack([cos, cos * torch.tan(shear) - sin], -1), torch.stack([sin, sin * torch.tan(shear) + cos], -1)], -2)
-    inverse = torch.linalg.inv(forward * scale[:, None, None])
-    theta = torch.cat([inverse, torch.zeros(len(inverse), 2, 1, dtype=inverse.dtype)], -1).float()
-    grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
-    out = torch.nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.reshape(images.shape).numpy()
 
 
 def _check_drawings(shots: int, queries: int) -> None:
