@@ -558,36 +558,6 @@ def test_replay_buffer_state_round_trips_through_a_weights_only_checkpoint(added
     assert np.array_equal(back.sample(20, np.random.default_rng(3))["rewards"], buf.sample(20, np.random.default_rng(3))["rewards"])
 
 
-def test_replay_sequences_are_whole_episodes_in_order():
-    """sample_sequence strings whole ragged episodes together from their starts and cuts the last at n."""
-    traj = random_trajectories(6, 5, 1, 1, seed=2)  # ragged: episodes of 1-6 steps
-    t, lengths = transitions(traj), (traj.mask > 0).sum(0)
-    buf = ReplayBuffer(100, obs_dim=1, act_dim=1)
-    buf.add(t, episode_lengths=lengths)
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
-    episodes = [t["rewards"][a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        got = buf.sample_sequence(9, rng)["rewards"].tolist()
-        assert len(got) == 9
-        while got:  # each piece is an episode from its first step; only the last may be cut short
-            match = [e for e in episodes if got[: len(e)] == e[: len(got)]]
-            assert match, got
-            got = got[len(match[0]) :]
-    back = ReplayBuffer(100, obs_dim=1, act_dim=1)
-    back.load_state_dict(buf.state_dict())
-    assert back.starts == buf.starts and np.array_equal(back.sample_sequence(9, np.random.default_rng(4))["rewards"], buf.sample_sequence(9, np.random.default_rng(4))["rewards"])
-    buf.clear()
-    buf.add(t)  # no lengths: no episodes to draw
-    with pytest.raises(ValueError, match="whole episodes"):
-        buf.sample_sequence(3, rng)
-    small = ReplayBuffer(int(lengths.sum()) + 1, obs_dim=1, act_dim=1)
-    small.add(t, episode_lengths=lengths)
-    small.add(t, episode_lengths=lengths)  # overwrites rows: boundaries are given up, not guessed
-    with pytest.raises(ValueError, match="wrapped"):
-        small.sample_sequence(3, rng)
-
-
 def constant_goal_env(goal: float):
     """Reward -|a - goal| for a in [-1, 1]; obs always 0: only the context tells the goal."""
 
@@ -600,9 +570,10 @@ def constant_goal_env(goal: float):
     return reset, step
 
 
-def _small_pearl(seed: int = 0, gamma: float = 0.5, **config_overrides) -> tuple[PEARLPolicy, PEARL]:
-    fields = dict(latent_dim=2, hidden=(32, 32), encoder_hidden=(32,), batch_size=64, context_size=10, lr=3e-3, reward_scale=5.0, gamma=gamma)
-    config = PEARLConfig(**(fields | config_overrides))
+def _small_pearl(seed: int = 0, gamma: float = 0.5) -> tuple[PEARLPolicy, PEARL]:
+    config = PEARLConfig(
+        latent_dim=2, hidden=(32, 32), encoder_hidden=(32,), batch_size=64, context_size=10, lr=3e-3, reward_scale=5.0, gamma=gamma
+    )
     policy = PEARLPolicy(1, 1, config)
     return policy, PEARL(policy, seed=seed)
 
@@ -617,7 +588,6 @@ def test_pearl_update_reduces_its_losses_on_fixed_data():
         )
         pearl.add(task, out)
     assert len(pearl.replay[0]) == 40 and len(pearl.encoder_replay[0]) == 20
-    assert pearl.encoder_replay[0].starts == [0, 5, 10, 15]  # the prior episodes, for sequence_context
     rng = np.random.default_rng(0)
     batch = pearl.sample_batch([0, 1], rng)
     assert batch["context"].shape == (2, 10, 4) and batch["observations"].shape == (2, 64, 1)
@@ -639,23 +609,6 @@ def test_pearl_update_reduces_its_losses_on_fixed_data():
             return float((pearl.config.alpha * logp - torch.min(pearl.q1(obs, a, z), pearl.q2(obs, a, z))).mean())
 
     assert actor_loss(pearl.actor) < actor_loss(initial_actor) - 0.1, (actor_loss(pearl.actor), actor_loss(initial_actor))
-
-
-def test_pearl_sequence_context_reads_prior_episodes_whole():
-    """sequence_context: each task's context is its prior episodes in order, as a meta-test posterior reads one."""
-    policy, pearl = _small_pearl(sequence_context=True, context_size=7)
-    gen = torch.Generator().manual_seed(0)
-    out = PEARLPlan(policy, prior_episodes=3, posterior_episodes=1)(
-        lambda p, n: rollout(policy, p, n, 5, *constant_goal_env(0.3), gen), pearl.worker_params()
-    )
-    pearl.add(0, out)
-    rows = make_context(*(transitions(out["prior"])[k] for k in ("observations", "actions", "rewards", "next_observations")), True)
-    episodes = [rows[i : i + 5] for i in range(0, 15, 5)]
-    rng = np.random.default_rng(1)
-    for _ in range(10):
-        ctx = pearl.sample_batch([0], rng)["context"][0]
-        assert ctx.shape == (7, rows.shape[1])
-        assert any(np.array_equal(ctx[:5], e) for e in episodes) and any(np.array_equal(ctx[5:], e[:2]) for e in episodes)
 
 
 def test_pearl_plan_is_deterministic_and_uses_the_posterior():

@@ -21,10 +21,6 @@ class PEARLConfig:
     tau: float = 0.005
     batch_size: int = 256  # RL transitions per task per update
     context_size: int = 64  # embedding_batch_size: context transitions per task per update
-    # False: context transitions drawn at random from the task's recent prior episodes (oyster's
-    # per-transition encoder); True: whole episodes in order, the last cut at context_size, as
-    # oyster samples for its recurrent encoder and as the meta-test's first posterior reads them
-    sequence_context: bool = False
     mean_reg: float = 1e-3
     std_reg: float = 1e-3
     buffer_capacity: int = 100_000  # per task, RL and encoder buffers each

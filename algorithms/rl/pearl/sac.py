@@ -93,7 +93,7 @@ class PEARL:
         if "prior" in output:
             prior = transitions(output["prior"])
             self.encoder_replay[task].clear()
-            self.encoder_replay[task].add(prior, episode_lengths=(output["prior"].mask > 0).sum(0))
+            self.encoder_replay[task].add(prior)
             self.replay[task].add(prior)
         if "posterior" in output:
             self.replay[task].add(transitions(output["posterior"]))
@@ -102,10 +102,7 @@ class PEARL:
         """RL transitions [M, batch_size, ...] and context [M, context_size, context_dim], tasks in order."""
         c = self.config
         rl = [self.replay[t].sample(c.batch_size, rng) for t in tasks]
-        ctx = [
-            self.encoder_replay[t].sample_sequence(c.context_size, rng) if c.sequence_context else self.encoder_replay[t].sample(c.context_size, rng)
-            for t in tasks
-        ]
+        ctx = [self.encoder_replay[t].sample(c.context_size, rng) for t in tasks]
         batch = {k: np.stack([b[k] for b in rl]) for k in rl[0]}
         batch["context"] = np.stack(
             [make_context(b["observations"], b["actions"], b["rewards"], b["next_observations"], c.use_next_obs) for b in ctx]
