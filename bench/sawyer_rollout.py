@@ -16,8 +16,9 @@ of the family's config: 64-64 for HalfCheetah, 256-256 for Meta-World):
           ``gym.make_vec("HalfCheetah-v5", 10, vectorization_mode="async")``
   ours    2 RolloutWorkers (1 CPU each) through RolloutPool.run_plan, built by build_rl from a
           config; trajectories travel back to the driver and are counted there. HalfCheetahVel:
-          one task of ``--envs`` episodes per worker; ML10: each worker plays the ten train
-          classes, ``--sawyer-episodes`` episodes each (500 steps)
+          ``--tasks`` tasks of ``--envs`` episodes per worker, all stepped together (default 10 x
+          10: the shipped config's meta-batch of 20 on 2 workers, 10 episodes per task); ML10:
+          each worker plays the ten train classes, ``--sawyer-episodes`` episodes each (500 steps)
 
 Targets (issue 17): ours >= 0.9 x bare, ours >= 1.5 x async, ours >= 0.8 x raw (HalfCheetah;
 the Sawyer ratio is reported). Everything is built and warmed up first; then ``--rounds``
@@ -25,7 +26,7 @@ rounds measure each contender in turn for ``--seconds``, and each one's best rou
 (on a shared machine the load drifts between contenders). Run it on an idle machine; the
 load average is printed each round:
 
-    python bench/sawyer_rollout.py [--seconds 10] [--rounds 1] [--envs 20] [--sawyer-episodes 1] [--only cheetah|sawyer]
+    python bench/sawyer_rollout.py [--seconds 10] [--rounds 1] [--tasks 10] [--envs 10] [--sawyer-episodes 1] [--only cheetah|sawyer]
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def vector_async(which: str, stack: ExitStack, num_envs: int = 10) -> Measure:
 
 
 # -- ours ------------------------------------------------------------------------------------
-def ours(which: str, stack: ExitStack, envs: int, sawyer_episodes: int) -> Measure:
+def ours(which: str, stack: ExitStack, tasks: int, envs: int, sawyer_episodes: int) -> Measure:
     """2 rollout workers (1 CPU each) through RolloutPool.run_plan, built and warmed up once."""
     from functools import partial
 
@@ -215,8 +216,8 @@ def ours(which: str, stack: ExitStack, envs: int, sawyer_episodes: int) -> Measu
     build = partial(build_rl, from_dict(CONFIGS[which]))
     pool = RolloutPool(build, CORES, Resources(num_cpus=1, threads=1))
     stack.callback(pool.shutdown)
-    if which == "cheetah":  # one task per worker, ``envs`` episodes of it stepped together
-        count, chunk, plan = CORES, 1, rollout_speed.Episodes(envs)
+    if which == "cheetah":  # each worker: a chunk of ``tasks`` tasks, ``envs`` episodes each, stepped together
+        count, chunk, plan = tasks * CORES, tasks, rollout_speed.Episodes(envs)
     else:  # each worker: a chunk of ten tasks, one per ML10 train class
         count, chunk, plan = 10 * CORES, 10, rollout_speed.Episodes(sawyer_episodes)
     params = build()[1].init_params(SEED).numpy()
@@ -241,7 +242,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per contender and round")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of all contenders; each one's best round counts")
-    parser.add_argument("--envs", type=int, default=20, help="HalfCheetahVel episodes per worker and call (ours)")
+    parser.add_argument("--tasks", type=int, default=10, help="HalfCheetahVel tasks per worker and call (ours)")
+    parser.add_argument("--envs", type=int, default=10, help="HalfCheetahVel episodes per task (ours)")
     parser.add_argument("--sawyer-episodes", type=int, default=1, help="episodes per ML10 class per worker and call (ours)")
     parser.add_argument("--only", choices=sorted(CONFIGS), help="one of the two families")
     args = parser.parse_args()
@@ -260,7 +262,7 @@ def main() -> None:
             contenders[which, "raw"] = partial(per_core, _raw, which, tasks)
             contenders[which, "bare"] = partial(per_core, _bare, which, tasks)
             contenders[which, "async"] = vector_async(which, stack)
-            contenders[which, "ours"] = ours(which, stack, args.envs, args.sawyer_episodes)
+            contenders[which, "ours"] = ours(which, stack, args.tasks, args.envs, args.sawyer_episodes)
         best: dict[tuple[str, str], float] = {}
         for r in range(args.rounds):
             print(f"round {r + 1}: load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores", flush=True)
