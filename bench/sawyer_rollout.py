@@ -216,10 +216,9 @@ def ours(which: str, stack: ExitStack, tasks: int, envs: int, sawyer_episodes: i
     build = partial(build_rl, from_dict(CONFIGS[which]))
     pool = RolloutPool(build, CORES, Resources(num_cpus=1, threads=1))
     stack.callback(pool.shutdown)
-    if which == "cheetah":  # each worker: a chunk of ``tasks`` tasks, ``envs`` episodes each, stepped together
-        count, chunk, plan = tasks * CORES, tasks, rollout_speed.Episodes(envs)
-    else:  # each worker: a chunk of ten tasks, one per ML10 train class
-        count, chunk, plan = 10 * CORES, 10, rollout_speed.Episodes(sawyer_episodes)
+    # each worker: a chunk of tasks stepped together; ML10: ten, one per train class
+    chunk, episodes = (tasks, envs) if which == "cheetah" else (10, sawyer_episodes)
+    count, plan = chunk * CORES, rollout_speed.Episodes(episodes)
     params = build()[1].init_params(SEED).numpy()
     calls = [0]
     pool.run_plan(params, descriptors(SEED, "train", 0, count), plan, chunk)  # warm up: envs (and ML10) built
