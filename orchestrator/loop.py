@@ -169,6 +169,9 @@ def run_loop(
             last_path = save(config, tracker, done, runner)
         if last_path is not None:  # where to --resume from (a signal may land just after a periodic save)
             print(f"[metaorch] interrupted; checkpoint at iteration {done}: {last_path}", flush=True)
+        else:  # stopped inside the first iteration of this process: nothing trained here to keep
+            since = f"the checkpoint it resumed from (iteration {first}) is the latest" if first else "no checkpoint written"
+            print(f"[metaorch] interrupted during iteration {first + 1}; {since}", flush=True)
         tracker.close(status="FAILED" if isinstance(exc, PoolExhausted) else "KILLED")
         raise
     bar.close()

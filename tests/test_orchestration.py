@@ -262,6 +262,25 @@ def test_sigterm_inside_a_ray_call_still_exits_143():
     assert exc.value.code == 128 + signal.SIGTERM
 
 
+@pytest.mark.parametrize("first", [0, 3])
+def test_an_interrupt_inside_the_first_iteration_says_nothing_was_checkpointed(capsys, first):
+    """No checkpoint to point at: the message says so instead of staying silent."""
+    from types import SimpleNamespace
+
+    from metaorch.orchestrator.loop import run_loop
+    from metaorch.orchestrator.tracking_off import NullTracker
+
+    class Interrupted:
+        def iteration(self, pool, it):
+            raise KeyboardInterrupt
+
+    pool = SimpleNamespace(size=2, restarts=0, stragglers=0, actors=[])
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(tiny_config(), Interrupted(), pool, NullTracker("r" * 32), first, progress=False)
+    expected = "no checkpoint written" if first == 0 else f"the checkpoint it resumed from (iteration {first}) is the latest"
+    assert f"[metaorch] interrupted during iteration {first + 1}; {expected}" in capsys.readouterr().out
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(workdir):
     """``ray job stop`` or a scheduler sends SIGTERM: the work done so far must survive."""
     import subprocess
