@@ -86,8 +86,8 @@ class HalfCheetahBatch:
         self.ctrls = [d.ctrl for d in self.datas]  # views into each MjData, made once
         self.task = np.array([getattr(env, self.cls.task_attribute) for env in envs], np.float64)
         self.state = np.zeros((len(envs), first.model.nq + first.model.nv))
-        self.rows = list(self.state)  # a view of each env's row, made once
-        for m, d, row in zip(self.models, self.datas, self.rows):
+        self.state_rows = list(self.state)  # a view of each env's row of ``state``, made once
+        for m, d, row in zip(self.models, self.datas, self.state_rows):
             mujoco.mj_getState(m, d, row, _QPOS_QVEL)
         self.elapsed = np.zeros(len(envs), np.int64)
 
@@ -106,14 +106,14 @@ class HalfCheetahBatch:
         rows = np.asarray(rows, np.intp)
         x_before = self.state[rows, 0]
         if len(rows) == len(self.models):  # every env: the common case, no per-env indexing
-            each = zip(self.models, self.datas, self.ctrls, self.rows, actions)
+            each = zip(self.models, self.datas, self.ctrls, self.state_rows, actions)
         else:
-            each = ((self.models[i], self.datas[i], self.ctrls[i], self.rows[i], actions[i]) for i in rows.tolist())
-        step, get_state, skip = mujoco.mj_step, mujoco.mj_getState, self.frame_skip
+            each = ((self.models[i], self.datas[i], self.ctrls[i], self.state_rows[i], actions[i]) for i in rows.tolist())
+        mj_step, mj_get_state, skip = mujoco.mj_step, mujoco.mj_getState, self.frame_skip
         for m, d, ctrl, row, a in each:
             ctrl[:] = a
-            step(m, d, skip)
-            get_state(m, d, row, _QPOS_QVEL)
+            mj_step(m, d, skip)
+            mj_get_state(m, d, row, _QPOS_QVEL)
         after = self.state[rows]
         x_velocity = (after[:, 0] - x_before) / self.dt
         a = actions[rows]
