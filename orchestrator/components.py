@@ -141,7 +141,7 @@ def prepare_data(config: Config) -> Any:
     try:
         family = build_family(config)
         data = family.data
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test") if config.data.validates else ("train", "test"):
             family.batch(descriptors(config.seed, split, 0, 1))
         for ways in e.ways or [t.ways]:
             for shots in e.shots or [t.shots]:

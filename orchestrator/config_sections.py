@@ -41,8 +41,15 @@ class DataConfig(Section):
     download: bool = Field(False, description="fetch the archives missing from root, SHA-256-checked, from the original repository")
     url: str | None = Field(None, description="download from this base URL (a mirror) instead; else $METAORCH_OMNIGLOT_URL")
     split: Literal["auto"] | dict[Literal["train", "val", "test"], list[str]] = Field(
-        "auto", description="'auto' or alphabet names per split: {train: [...], val: [...], test: [...]}"
+        "auto",
+        description="'auto' or alphabet names per split: {train: [...], val: [...], test: [...]}; "
+        "val empty or left out: no meta-validation (train on train + val, as Snell et al.'s final models)",
     )
+
+    @property
+    def validates(self) -> bool:
+        """Whether there is a validation split to meta-validate on (an explicit split may leave it empty)."""
+        return self.split == "auto" or bool(self.split.get("val"))
 
 
 class ModelConfig(Section):

@@ -80,9 +80,9 @@ class SupervisedRunner(Runner):
 
     def validate(self, done: int) -> dict[str, float]:
         """Meta-validation at the training setting every ``eval.val_every`` and at the end:
-        query loss (regression) or accuracy."""
+        query loss (regression) or accuracy; nothing where the split has no validation alphabets."""
         e = self.config.eval
-        if done % e.val_every and done != self.config.outer.iterations:
+        if not self.config.data.validates or (done % e.val_every and done != self.config.outer.iterations):
             return {}
         params = self.worker_params()
         if self.family.loss == "mse":

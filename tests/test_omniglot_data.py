@@ -239,6 +239,28 @@ def test_explicit_split_and_its_errors(data: OmniglotData) -> None:
         split_characters(data, {"train": ["Greek"], "holdout": ["Latin"]})
 
 
+def test_a_split_without_val_trains_without_meta_validation(root: Path, cache: Path) -> None:
+    """``data.split`` may leave val out (Snell et al. train their final models on train + val):
+    the driver's data checks pass and meta-validation logs nothing, where the auto split validates."""
+    from metaorch.orchestrator.config import from_dict
+    from metaorch.orchestrator.supervised import SupervisedRunner
+
+    def runner(split: object) -> SupervisedRunner:
+        config = {
+            "task": {"name": "omniglot", "ways": 5, "shots": 1, "queries": 2},
+            "data": {"root": str(root), "cache_dir": str(cache), "split": split},
+            "algorithm": {"name": "protonet"},
+            "model": {"filters": 4},
+            "outer": {"iterations": 1},
+            "eval": {"queries": 2, "val_tasks": 2},
+        }
+        return SupervisedRunner(from_dict(config, "(test)"))
+
+    trainval = runner({"train": [a for a in ALPHABETS if a != "Japanese_(katakana)"], "test": ["Japanese_(katakana)"]})
+    assert not trainval.config.data.validates and trainval.validate(1) == {}  # before it would need a learner
+    assert runner({"train": ["Greek"], "val": ["Latin"], "test": ["Korean"]}).config.data.validates and runner("auto").config.data.validates
+
+
 def test_full_auto_split_is_the_standard_character_split(data: OmniglotData) -> None:
     """Vinyals et al.: archive order, 1200 train, 100 val, the remaining 323 test."""
     names = [f"A{i // 20:03d}/character{i % 20 + 1:02d}" for i in range(1623)]
