@@ -611,6 +611,34 @@ def test_pearl_update_reduces_its_losses_on_fixed_data():
     assert actor_loss(pearl.actor) < actor_loss(initial_actor) - 0.1, (actor_loss(pearl.actor), actor_loss(initial_actor))
 
 
+def test_pearl_without_the_information_bottleneck_averages_the_encodings():
+    """oyster's use_information_bottleneck=False: z is exactly the mean of the per-transition
+    encodings (var 0), z = 0 before any context, no KL; the update still trains the encoder."""
+    config = PEARLConfig(latent_dim=2, hidden=(16,), encoder_hidden=(8,), batch_size=16, context_size=5, information_bottleneck=False)
+    policy = PEARLPolicy(1, 1, config)
+    pearl = PEARL(policy, seed=0)
+    encoder = policy.split(pearl.worker_params())[1]
+    ctx = torch.randn(7, 4, generator=torch.Generator().manual_seed(1))  # (s, a, r, s')
+    mu, var = policy.posterior(encoder, ctx)
+    torch.testing.assert_close(mu, policy.encoder(encoder, ctx).mean(0))
+    assert mu.shape == (2,) and torch.equal(var, torch.zeros(2))
+    empty_mu, empty_var = policy.posterior(encoder, ctx[:0])
+    assert torch.equal(empty_mu, torch.zeros(2)) and torch.equal(empty_var, torch.zeros(2))
+    gen = torch.Generator().manual_seed(0)
+    seen = []
+
+    def sample(p, n, deterministic=False):
+        seen.append(p[policy.actor.num_params :].clone())
+        return rollout(policy, p, n, 5, *constant_goal_env(0.5), gen, deterministic=deterministic)
+
+    pearl.add(0, PEARLPlan(policy, prior_episodes=2, posterior_episodes=1)(sample, pearl.worker_params()))
+    assert torch.equal(seen[0], torch.zeros(2)) and torch.equal(seen[1], torch.zeros(2)) and not torch.equal(seen[2], torch.zeros(2))
+    before = pearl.worker_params().clone()
+    metrics = pearl.update(pearl.sample_batch([0], np.random.default_rng(0)))
+    assert metrics["kl"] == 0.0 and np.isfinite(list(metrics.values())).all()
+    assert not torch.equal(policy.split(pearl.worker_params())[1], policy.split(before)[1])  # the encoder learned
+
+
 def test_pearl_plan_is_deterministic_and_uses_the_posterior():
     policy, pearl = _small_pearl()
     params = pearl.worker_params()

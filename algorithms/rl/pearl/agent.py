@@ -52,13 +52,22 @@ def make_context(obs: Any, actions: Any, rewards: Any, next_obs: Any, use_next_o
     return np.concatenate(parts, -1).astype(np.float32)
 
 
-def encoder_posterior(encoder: nn.Module | FunctionalModel, context: torch.Tensor, params: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, var) of q(z | context) from context [..., C, context_dim]; C may be 0 (the prior)."""
+def encoder_posterior(
+    encoder: nn.Module | FunctionalModel, context: torch.Tensor, params: torch.Tensor | None = None, bottleneck: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, var) of q(z | context) from context [..., C, context_dim]; C may be 0 (the prior).
+
+    Without the ``bottleneck`` (oyster's ``use_information_bottleneck=False``) the encoder gives
+    one vector per transition and z is their mean, exactly (var 0; 0 for an empty context).
+    """
     if context.shape[-2] == 0:
-        latent = (encoder.module if isinstance(encoder, FunctionalModel) else encoder)[-1].out_features // 2
+        latent = (encoder.module if isinstance(encoder, FunctionalModel) else encoder)[-1].out_features // (2 if bottleneck else 1)
         shape = (*context.shape[:-2], latent)
-        return context.new_zeros(shape), context.new_ones(shape)
+        return context.new_zeros(shape), context.new_ones(shape) if bottleneck else context.new_zeros(shape)
     out = encoder(params, context) if params is not None else encoder(context)
+    if not bottleneck:
+        mu = out.mean(-2)
+        return mu, torch.zeros_like(mu)
     mus, raw = out.chunk(2, dim=-1)
     return product_of_gaussians(mus, F.softplus(raw))
 
@@ -109,7 +118,8 @@ class PEARLPolicy:
         self.obs_dim, self.act_dim, self.config = obs_dim, act_dim, config
         self.actor = FunctionalModel(_Actor(obs_dim + config.latent_dim, act_dim, config.hidden))
         ctx = context_dim(obs_dim, act_dim, config.use_next_obs)
-        self.encoder = FunctionalModel(mlp(ctx, config.encoder_hidden, 2 * config.latent_dim))
+        outputs = (2 if config.information_bottleneck else 1) * config.latent_dim  # (mu, var) or z's share per transition
+        self.encoder = FunctionalModel(mlp(ctx, config.encoder_hidden, outputs))
         self.low = torch.as_tensor(np.broadcast_to(np.asarray(action_low, np.float32), (act_dim,)).copy())
         self.high = torch.as_tensor(np.broadcast_to(np.asarray(action_high, np.float32), (act_dim,)).copy())
         if not bool((self.high > self.low).all()):
@@ -150,7 +160,7 @@ class PEARLPolicy:
         return *squash(mean, log_std, None if deterministic else noise, self.low.to(obs), self.high.to(obs)), None
 
     def posterior(self, encoder_params: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return encoder_posterior(self.encoder, context, encoder_params)
+        return encoder_posterior(self.encoder, context, encoder_params, self.config.information_bottleneck)
 
 
 def _generator(*parts: Any) -> torch.Generator:
@@ -207,7 +217,7 @@ class PEARLPlan:
         prior, posterior, seen = [], [], []
         for k in range(self.prior_episodes):
             gen = _generator(*(first if not seen else (seen[-1].rewards,)), np.int64(k))
-            z = torch.randn(latent, generator=gen)
+            z = torch.randn(latent, generator=gen) if self.policy.config.information_bottleneck else torch.zeros(latent)
             traj = sample(self.policy.with_latent(actor, z), 1)
             prior.append(traj)
             seen.append(traj)

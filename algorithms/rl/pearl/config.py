@@ -15,6 +15,9 @@ class PEARLConfig:
     use_next_obs: bool = True
     lr: float = 3e-4  # policy, Q functions and encoder alike
     kl_lambda: float = 0.1
+    # oyster's use_information_bottleneck: q(z | c) a product of Gaussians with a KL to the prior;
+    # False: z is the plain mean of the per-transition encodings (deterministic, no KL; z = 0 before any context)
+    information_bottleneck: bool = True
     reward_scale: float = 5.0
     alpha: float = 1.0  # entropy temperature (fixed; the reward scale sets the trade-off)
     gamma: float = 0.99

@@ -122,9 +122,9 @@ class PEARL:
         b = {k: torch.as_tensor(v, device=self.device, dtype=torch.float32) for k, v in batch.items()}
         m, n = b["rewards"].shape
 
-        mu, var = encoder_posterior(self.encoder, b["context"])
+        mu, var = encoder_posterior(self.encoder, b["context"], bottleneck=c.information_bottleneck)
         z = mu + var.sqrt() * torch.randn(mu.shape, generator=self.generator, device=self.device)
-        kl = kl_to_unit_gaussian(mu, var).sum()  # summed over tasks, as oyster
+        kl = kl_to_unit_gaussian(mu, var).sum() if c.information_bottleneck else mu.new_zeros(())  # summed over tasks, as oyster
         z_rows = z.repeat_interleave(n, 0)
         flat = lambda x: x.reshape(m * n, *x.shape[2:])  # noqa: E731
         obs, actions, next_obs = flat(b["observations"]), flat(b["actions"]), flat(b["next_observations"])
