@@ -23,9 +23,7 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
 
 import torch  # noqa: E402
 

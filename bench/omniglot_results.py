@@ -20,9 +20,7 @@ import argparse
 import os
 import tempfile
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
 
 import ray  # noqa: E402
 

@@ -60,9 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
 
 ROOT = Path(__file__).resolve().parents[1]
 

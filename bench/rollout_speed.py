@@ -24,8 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
 
 ENV = "HalfCheetah-v5"
 WORKERS = 2

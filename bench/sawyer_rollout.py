@@ -40,8 +40,7 @@ from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
 
 CORES = 2
 SEED = 0

@@ -10,12 +10,9 @@ Targets (issue 2): MAML <= 0.77 and Meta-SGD <= 0.53, each trained in at most 15
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
 
 import ray  # noqa: E402
 

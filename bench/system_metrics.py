@@ -8,13 +8,10 @@ would), interleaved in one process on one Ray instance, the median time per iter
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
 
 import ray  # noqa: E402
 

@@ -29,8 +29,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH))  # omniglot_iteration's functions are reused, not copied
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
 
 import torch  # noqa: E402
 
