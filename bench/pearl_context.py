@@ -7,7 +7,10 @@ where the posterior episode ended, and the posterior episode's result grouped by
 closest approach: if the encoder only localises the goal as well as the nearest point the
 context visited, the two distances track each other. As a yardstick for the encoder it also
 prints how well exact least squares locates the goal from the same context transitions,
-i.e. how much the episode itself tells.
+i.e. how much the episode itself tells, and how far each goal lies off the straight line the
+context path follows: rewards that are distances cannot tell a goal from its mirror image
+across a straight path, so an encoder that missed the path's bends would end its posterior
+episodes on the line, as far from the goal as the goal is from the line.
 
     python bench/pearl_context.py CHECKPOINT [--goals 100] [--seed 123] [--train]
 
@@ -65,6 +68,21 @@ def triangulate(next_obs: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, 
     return theta[:2], float(singular[-1])
 
 
+def off_path(points: np.ndarray, goal: np.ndarray) -> tuple[float, float]:
+    """How far the goal lies from the straight line that best fits the visited points, and how
+    far those points spread off that line (its second singular value over the first).
+
+    Rewards are distances, so along a straight path the goal and its mirror image across the
+    path explain them equally well; an estimate that cannot tell the two apart settles on the
+    line, the goal's distance from it away.
+    """
+    centre = points.astype(np.float64).mean(0)
+    _, spread, axes = np.linalg.svd(points - centre, full_matrices=False)
+    offset = goal - centre
+    across = offset - (offset @ axes[0]) * axes[0]
+    return float(np.linalg.norm(across)), float(spread[-1] / max(spread[0], 1e-12))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
@@ -101,14 +119,20 @@ def main() -> None:
         closest = float(np.linalg.norm(nxt - goal, axis=1).min())
         solved, conditioning = triangulate(nxt, rew)
         end = float(np.linalg.norm(posterior[-1][3] - goal))
-        out.append((prior_return, post_return, closest, end, float(np.linalg.norm(solved - goal)), conditioning))
-    prior, post, closest, end, solved, conditioning = np.asarray(out).T
+        across, straightness = off_path(nxt, goal)
+        out.append((prior_return, post_return, closest, end, float(np.linalg.norm(solved - goal)), conditioning, across, straightness))
+    prior, post, closest, end, solved, conditioning, across, straightness = np.asarray(out).T
     print(f"{len(goals)} {'training' if args.train else 'held-out'} goals: return {prior.mean():.2f} in the context episode, {post.mean():.2f} after it")
     print(f"context episode's closest approach to the goal: median {np.median(closest):.3f}")
     print(f"posterior episode's final distance to the goal: median {np.median(end):.3f}; correlation with the closest approach {np.corrcoef(closest, end)[0, 1]:.2f}")
     print(
         f"exact least squares on the same context: within 0.01 of the goal for {(solved < 0.01).sum()} goals, "
         f"median error {np.median(solved):.1e}; smallest singular value median {np.median(conditioning):.3f}"
+    )
+    print(
+        f"the goal's distance from the context path's line: median {np.median(across):.3f} (the path's spread off it: "
+        f"median {np.median(straightness):.3f} of its length); the posterior episode's end against it: "
+        f"correlation {np.corrcoef(across, end)[0, 1]:.2f}, median end / distance {np.median(end / np.maximum(across, 1e-6)):.2f}"
     )
     for bound in (0.05, 0.1, 0.2):
         near = closest < bound
