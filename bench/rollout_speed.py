@@ -22,6 +22,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import bench_env  # noqa: E402,F401  (Ray's and MLflow's environment, before either loads)
@@ -83,7 +85,16 @@ CHEETAH = {"task": {"name": "half_cheetah_vel"}, "algorithm": {"name": "maml_trp
 
 def ours(seconds: float, envs: int, workers: int = WORKERS, config: dict | None = None, tasks_per_worker: int = 1) -> float:
     """Steps per second of ``workers`` rollout workers (1 CPU each), ``envs`` episodes of each of
-    ``tasks_per_worker`` tasks per worker and call (all stepped together).
+    ``tasks_per_worker`` tasks per worker and call (all stepped together); see :func:`ours_meter`."""
+    with ExitStack() as stack:
+        return ours_meter(stack, envs, workers, config, tasks_per_worker)(seconds)
+
+
+def ours_meter(
+    stack: ExitStack, envs: int, workers: int = WORKERS, config: dict | None = None, tasks_per_worker: int = 1, seed: int = 0
+) -> Callable[[float], float]:
+    """A meter of our rollout workers' steps per second over a given time, built and warmed up
+    once (the pool shuts down with ``stack``), so it can be read in several rounds.
 
     The trainer's path: the worker is built by ``build_rl`` from ``config`` (default:
     HalfCheetahVel, MAML-TRPO's 64-64 Gaussian MLP), and ``RolloutPool.run_plan`` runs a plan
@@ -100,22 +111,26 @@ def ours(seconds: float, envs: int, workers: int = WORKERS, config: dict | None 
     from metaorch.workers import Resources
     from metaorch.workers.rollout import RolloutPool
 
-    if __name__ != "__main__":  # imported (bench/scaling.py): the actors cannot import this module
+    if __name__ != "__main__":  # imported (bench/scaling.py, bench/sawyer_rollout.py): the actors cannot import this module
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     build = partial(build_rl, from_dict(config or CHEETAH))
     pool = RolloutPool(build, workers, Resources(num_cpus=1, threads=1))
+    stack.callback(pool.shutdown)
     plan, count = Episodes(envs), workers * tasks_per_worker
-    try:
-        params = build()[1].init_params(0).numpy()
-        pool.run_plan(params, descriptors(0, "train", 0, count), plan, tasks_per_worker)  # warm up: envs built once
-        steps, calls, start = 0.0, 0, time.perf_counter()
+    params = build()[1].init_params(seed).numpy()
+    pool.run_plan(params, descriptors(seed, "train", 0, count), plan, tasks_per_worker)  # warm up: envs built once
+    calls = 0
+
+    def measure(seconds: float) -> float:
+        nonlocal calls
+        steps, start = 0.0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            outputs = pool.run_plan(params, descriptors(0, "train", calls + 1, count), plan, tasks_per_worker)
-            steps += sum(float(out["trajectories"].mask.sum()) for out in outputs)
             calls += 1
+            outputs = pool.run_plan(params, descriptors(seed, "train", calls, count), plan, tasks_per_worker)
+            steps += sum(float(out["trajectories"].mask.sum()) for out in outputs)
         return steps / elapsed
-    finally:
-        pool.shutdown()
+
+    return measure
 
 
 def rllib(seconds: float, envs: int) -> float:

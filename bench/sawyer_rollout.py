@@ -199,38 +199,12 @@ def vector_async(which: str, stack: ExitStack, num_envs: int = 10) -> Measure:
 
 # -- ours ------------------------------------------------------------------------------------
 def ours(which: str, stack: ExitStack, tasks: int, envs: int, sawyer_episodes: int) -> Measure:
-    """2 rollout workers (1 CPU each) through RolloutPool.run_plan, built and warmed up once."""
-    from functools import partial
+    """2 rollout workers (1 CPU each) through RolloutPool.run_plan, built and warmed up once:
+    bench/rollout_speed.py's meter. Each worker steps a chunk of tasks together; ML10: ten, one per train class."""
+    import rollout_speed  # bench/ is on sys.path as a script
 
-    import ray
-
-    import rollout_speed  # bench/ is on sys.path as a script; the actors get its plan class by value
-    from metaorch.orchestrator.components import build_rl
-    from metaorch.orchestrator.config import from_dict
-    from metaorch.tasks.base import descriptors
-    from metaorch.workers import Resources
-    from metaorch.workers.rollout import RolloutPool
-
-    ray.cloudpickle.register_pickle_by_value(rollout_speed)
-    build = partial(build_rl, from_dict(CONFIGS[which]))
-    pool = RolloutPool(build, CORES, Resources(num_cpus=1, threads=1))
-    stack.callback(pool.shutdown)
-    # each worker: a chunk of tasks stepped together; ML10: ten, one per train class
     chunk, episodes = (tasks, envs) if which == "cheetah" else (10, sawyer_episodes)
-    count, plan = chunk * CORES, rollout_speed.Episodes(episodes)
-    params = build()[1].init_params(SEED).numpy()
-    calls = [0]
-    pool.run_plan(params, descriptors(SEED, "train", 0, count), plan, chunk)  # warm up: envs (and ML10) built
-
-    def measure(seconds: float) -> float:
-        steps, start = 0.0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
-            calls[0] += 1
-            outputs = pool.run_plan(params, descriptors(SEED, "train", calls[0], count), plan, chunk)
-            steps += sum(float(out["trajectories"].mask.sum()) for out in outputs)
-        return steps / elapsed
-
-    return measure
+    return rollout_speed.ours_meter(stack, episodes, CORES, CONFIGS[which], chunk, seed=SEED)
 
 
 LABELS = {"raw": f"raw MuJoCo, {CORES} processes", "bare": f"bare loop + policy, {CORES} processes", "async": "AsyncVectorEnv x 10 + policy", "ours": f"ours, {CORES} RolloutWorkers"}
