@@ -7,9 +7,9 @@ terminations, truncations and success flags as arrays.
 - :class:`EnvLoop`, for any gymnasium environment: each one's own ``step``, one Python call
   (and a dozen inside gymnasium) per environment. The reference.
 - :class:`HalfCheetahBatch`, for HalfCheetahVel and HalfCheetahDir: per environment only what
-  MuJoCo must do (set the controls, ``mj_step`` ``frame_skip`` times in C, read qpos and qvel
-  into one array row), then observations, forward velocities and rewards of all of them in a
-  few numpy operations. Its results are the gymnasium env's bit for bit (the same float64
+  MuJoCo must do (set its state, controls included, in the worker's one ``MjData``, ``mj_step``
+  ``frame_skip`` times in C, read the state back into its array row), then observations,
+  forward velocities and rewards of all of them in a few numpy operations. Its results are the gymnasium env's bit for bit (the same float64
   arithmetic in the same order; ``tests/test_batched_rollout.py``).
 
 Why not ``mujoco.rollout``, one C call for all environments: it starts every call from
@@ -103,10 +103,10 @@ class HalfCheetahBatch:
         self.state_rows = list(self.state)  # a view of each env's row of ``state``, made once
         for env, row in zip(envs, self.state_rows):
             mujoco.mj_getState(env.model, env.data, row, _INTEGRATION)
-        S = mujoco.mjtState  # where x, qpos[1:] + qvel and ctrl sit in a row
-        self.x = _offset(self.model, S.mjSTATE_QPOS)
-        self.qpos_qvel = slice(self.x, _offset(self.model, S.mjSTATE_ACT))
-        self.ctrl = slice(_offset(self.model, S.mjSTATE_CTRL), _offset(self.model, S.mjSTATE_CTRL) + self.model.nu)
+        S = mujoco.mjtState  # the columns of a row that hold x (qpos[0]), qpos and qvel, and ctrl
+        self.x_column = _offset(self.model, S.mjSTATE_QPOS)
+        self.qpos_qvel_columns = slice(self.x_column, _offset(self.model, S.mjSTATE_ACT))
+        self.ctrl_columns = slice(_offset(self.model, S.mjSTATE_CTRL), _offset(self.model, S.mjSTATE_CTRL) + self.model.nu)
         self.elapsed = np.zeros(len(envs), np.int64)
 
     @staticmethod
@@ -122,9 +122,9 @@ class HalfCheetahBatch:
 
     def step(self, actions: np.ndarray, rows: Sequence[int]) -> Step:
         rows = np.asarray(rows, np.intp)
-        x_before = self.state[rows, self.x]
+        x_before = self.state[rows, self.x_column]
         a = actions[rows]
-        self.state[rows, self.ctrl] = a
+        self.state[rows, self.ctrl_columns] = a
         each = self.state_rows if len(rows) == len(self.state_rows) else [self.state_rows[i] for i in rows.tolist()]
         m, d, skip = self.model, self.data, self.frame_skip
         mj_set_state, mj_step, mj_get_state = mujoco.mj_setState, mujoco.mj_step, mujoco.mj_getState
@@ -132,7 +132,7 @@ class HalfCheetahBatch:
             mj_set_state(m, d, row, _INTEGRATION)
             mj_step(m, d, skip)
             mj_get_state(m, d, row, _INTEGRATION)
-        after = self.state[rows, self.qpos_qvel]
+        after = self.state[rows, self.qpos_qvel_columns]
         x_velocity = (after[:, 0] - x_before) / self.dt
         ctrl_cost = self.ctrl_cost_weight * np.sum(np.square(a), axis=1)
         rewards = self.cls.forward_reward(x_velocity, self.task[rows]) - ctrl_cost
