@@ -9,8 +9,9 @@ terminations, truncations and success flags as arrays.
 - :class:`HalfCheetahBatch`, for HalfCheetahVel and HalfCheetahDir: per environment only what
   MuJoCo must do (set its state, controls included, in the worker's one ``MjData``, ``mj_step``
   ``frame_skip`` times in C, read the state back into its array row), then observations,
-  forward velocities and rewards of all of them in a few numpy operations. Its results are the gymnasium env's bit for bit (the same float64
-  arithmetic in the same order; ``tests/test_batched_rollout.py``).
+  forward velocities and rewards of all of them in a few numpy operations. Its results are the
+  gymnasium env's bit for bit (the same float64 arithmetic in the same order;
+  ``tests/test_batched_rollout.py``).
 
 Why not ``mujoco.rollout``, one C call for all environments: it starts every call from
 ``initial_state`` with ``qacc_warmstart`` zeroed (or given, but it never returns the one it
@@ -106,7 +107,8 @@ class HalfCheetahBatch:
         S = mujoco.mjtState  # the columns of a row that hold x (qpos[0]), qpos and qvel, and ctrl
         self.x_column = _offset(self.model, S.mjSTATE_QPOS)
         self.qpos_qvel_columns = slice(self.x_column, _offset(self.model, S.mjSTATE_ACT))
-        self.ctrl_columns = slice(_offset(self.model, S.mjSTATE_CTRL), _offset(self.model, S.mjSTATE_CTRL) + self.model.nu)
+        ctrl_at = _offset(self.model, S.mjSTATE_CTRL)
+        self.ctrl_columns = slice(ctrl_at, ctrl_at + self.model.nu)
         self.elapsed = np.zeros(len(envs), np.int64)
 
     @staticmethod
