@@ -72,8 +72,11 @@ class Config(Section):
             )
         if family.model != "conv4" and self.model.filters != ModelConfig.model_fields["filters"].default:
             raise ValueError(f"model.filters={self.model.filters} sets Conv-4's width; task.name={t.name!r} has no Conv-4")
-        if t.shift and not family.shift:
-            raise ValueError(f"task.shift={t.shift} moves drawings; it does not apply to task.name={t.name!r}")
+        if not family.augments:
+            if t.shift:
+                raise ValueError(f"task.shift={t.shift} moves drawings; it does not apply to task.name={t.name!r}")
+            if t.mirror:
+                raise ValueError(f"task.mirror=true mirrors drawings; it does not apply to task.name={t.name!r}")
         if family.problem == "rl":
             return self._consistent_rl(family, method)
         if t.options or t.trial_episodes is not None or e.task_params is not None:

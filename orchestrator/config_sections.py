@@ -33,6 +33,7 @@ class TaskConfig(Section):
     shift: int = Field(
         0, ge=0, le=13, description="Omniglot: meta-training drawings moved by up to this many pixels each way (augmentation; 0 = off)"
     )
+    mirror: bool = Field(False, description="Omniglot: each training character's mirror image is a class of its own (val and test untouched)")
 
 
 class DataConfig(Section):

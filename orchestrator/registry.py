@@ -61,7 +61,7 @@ class TaskFamily:
     build: str
     model: Literal["mlp", "conv4"] | None = None  # the adapting methods' network
     needs_data: bool = False  # reads data.root; the driver builds one episode of each split first
-    shift: bool = False  # task.shift (drawings moved) applies
+    augments: bool = False  # task.shift and task.mirror (training drawings moved, mirrored) apply
     examples_per_class: int | None = None  # task.shots + task.queries may not exceed it
     discrete_actions: bool = False
     success: bool = False  # episodes report info["success"]: success rates are logged beside returns
@@ -114,7 +114,7 @@ TASKS: dict[str, TaskFamily] = {
         TaskFamily("sinusoid", "regression", "metaorch.tasks.sinusoid:SinusoidTasks", model="mlp"),
         TaskFamily(
             "omniglot", "classification", "metaorch.tasks.omniglot:OmniglotTasks", model="conv4",
-            needs_data=True, shift=True, examples_per_class=20, suites=("omniglot-runs",),
+            needs_data=True, augments=True, examples_per_class=20, suites=("omniglot-runs",),
         ),  # fmt: skip
         TaskFamily("half_cheetah_vel", "rl", f"{_ENV}:HalfCheetahVel"),
         TaskFamily("half_cheetah_dir", "rl", f"{_ENV}:HalfCheetahDir"),

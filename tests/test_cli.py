@@ -166,6 +166,7 @@ BAD_VALUES = [
     ("rl-outer-lr", None, ["task.name=navigation_2d", "algorithm.name=maml_trpo", "outer.lr=0.1"], ["outer.lr", "maml_trpo"]),
     ("rl-options-on-sinusoid", None, ["task.options={arms: 3}"], ["task.options", "sinusoid"]),
     ("shift-on-sinusoid", None, ["task.shift=2"], ["task.shift=2", "sinusoid"]),
+    ("mirror-on-sinusoid", None, ["task.mirror=true"], ["task.mirror=true", "sinusoid"]),
     ("shift-too-far", None, ["task.shift=14"], ["task.shift", "14"]),
     ("filters-on-sinusoid", None, ["model.filters=32"], ["model.filters=32", "sinusoid"]),
     ("filters-zero", None, ["model.filters=0"], ["model.filters", "0"]),

@@ -287,7 +287,10 @@ def expected_side(fam: OmniglotTasks, task: TaskDescriptor, queries: int, side: 
     xs, ys = [], []
     for item in order:
         label, j = divmod(int(item), per)
-        image = np.rot90(fam.data.images[ep.characters[label], ep.drawings[label, offset + j]], ep.rotations[label])
+        image = fam.data.images[ep.characters[label], ep.drawings[label, offset + j]]
+        if ep.rotations[label] >= 4:  # a mirror-image class: mirrored left-right, then turned
+            image = image[:, ::-1]
+        image = np.rot90(image, ep.rotations[label] % 4)
         dy, dx = ep.shifts[label, offset + j]
         moved = np.full_like(image, 255)  # paper; then the drawing pasted at its offset, cut at the border
         moved[max(dy, 0) : 28 + min(dy, 0), max(dx, 0) : 28 + min(dx, 0)] = image[max(-dy, 0) : 28 - max(dy, 0), max(-dx, 0) : 28 - max(dx, 0)]
@@ -296,9 +299,12 @@ def expected_side(fam: OmniglotTasks, task: TaskDescriptor, queries: int, side: 
     return np.stack(xs), np.array(ys)
 
 
-@pytest.mark.parametrize(("ways", "shots", "queries", "rotations", "shift"), [(5, 1, 15, True, 0), (20, 5, 3, False, 0), (5, 2, 3, True, 3)])
-def test_episodes_match_reference_and_are_consistent(root, cache, ways, shots, queries, rotations, shift) -> None:
-    fam = family(root, cache, ways=ways, shots=shots, queries=queries, rotations=rotations, shift=shift)
+@pytest.mark.parametrize(
+    ("ways", "shots", "queries", "rotations", "shift", "mirror"),
+    [(5, 1, 15, True, 0, False), (20, 5, 3, False, 0, False), (5, 2, 3, True, 3, False), (20, 1, 3, True, 2, True), (20, 1, 3, False, 0, True)],
+)
+def test_episodes_match_reference_and_are_consistent(root, cache, ways, shots, queries, rotations, shift, mirror) -> None:
+    fam = family(root, cache, ways=ways, shots=shots, queries=queries, rotations=rotations, shift=shift, mirror=mirror)
     ds = descriptors(seed=7, split="train", iteration=3, count=4)
     batch = fam.batch(ds)
     assert set(batch) == set(KEYS)
@@ -321,7 +327,8 @@ def test_episodes_match_reference_and_are_consistent(root, cache, ways, shots, q
         assert len({(c, r) for c, r in zip(ep.characters.tolist(), ep.rotations.tolist())}) == n  # distinct classes
         assert set(ep.characters.tolist()) <= train
         assert all(len(set(row)) == shots + queries for row in ep.drawings.tolist())  # support/query disjoint
-        assert (ep.rotations == 0).all() != rotations
+        assert (ep.rotations % 4 == 0).all() != rotations
+        assert (ep.rotations >= 4).any() == mirror
         # Labels are a random assignment, and the support is shuffled rather than class-major.
         assert not np.array_equal(batch["support_y"][t].numpy(), np.repeat(np.arange(n), shots))
 
@@ -343,6 +350,18 @@ def test_shift_moves_only_training_drawings_and_changes_nothing_else(root, cache
         assert all(torch.equal(x[k], y[k]) for k in KEYS), split
     with pytest.raises(ValueError, match="shift"):
         family(root, cache, shift=14)
+
+
+def test_mirror_adds_training_classes_only(root, cache) -> None:
+    plain, mirrored = family(root, cache), family(root, cache, mirror=True)
+    assert mirrored.num_classes("train") == 2 * plain.num_classes("train")
+    turns = np.concatenate([mirrored.sample(t).rotations for t in descriptors(seed=3, split="train", iteration=0, count=20)])
+    assert set(turns.tolist()) == set(range(8))  # 4 quarter turns, each also mirrored
+    for split in ("val", "test"):  # augmentation never touches what the model is measured on
+        assert mirrored.num_classes(split) == plain.num_classes(split)
+        held = descriptors(seed=3, split=split, iteration=0, count=3)
+        x, y = plain.batch(held), mirrored.batch(held)
+        assert all(torch.equal(x[k], y[k]) for k in KEYS), split
 
 
 def test_episodes_are_pure_functions_of_descriptors(root, cache) -> None:

@@ -27,10 +27,10 @@ ROTATIONS = 4  # quarter turns; each rotation of a character is a class of its o
 
 @dataclass(frozen=True)
 class Episode:
-    """Indices of one episode; label i is class i, drawn as ``characters[i]`` turned ``rotations[i]``."""
+    """Indices of one episode; label i is class i, drawn as ``characters[i]`` turned (and mirrored) by ``rotations[i]``."""
 
     characters: np.ndarray  # int64 [N]
-    rotations: np.ndarray  # int64 [N], quarter turns counter-clockwise (np.rot90)
+    rotations: np.ndarray  # int64 [N], quarter turns counter-clockwise (np.rot90); 4-7: mirrored left-right first
     drawings: np.ndarray  # int64 [N, K+Q]: the first K of each row are support, the rest query
     support_order: np.ndarray  # int64 [N*K]: position p of the support holds class-major item support_order[p]
     query_order: np.ndarray  # int64 [N*Q], likewise
@@ -53,6 +53,7 @@ class OmniglotTasks:
         split: SplitSpec = "auto",
         cache_dir: str | Path | None = None,
         shift: int = 0,
+        mirror: bool = False,
         download: bool = False,
         url: str | None = None,
     ):
@@ -67,6 +68,7 @@ class OmniglotTasks:
         self.output_dim = ways
         self.rotations = rotations
         self.shift = shift  # training episodes only: augmentation never touches val or test
+        self.mirror = mirror  # training episodes only: a character's mirror image is a class of its own
         self.split = split
         self.cache_dir = cache_dir
         self.download = download
@@ -100,18 +102,22 @@ class OmniglotTasks:
             self._classes = split_characters(self.data, self.split)
         return self._classes[split]
 
+    def variants(self, split: str) -> int:
+        """Classes per character of ``split``: its quarter turns, and in training their mirror images."""
+        return (ROTATIONS if self.rotations else 1) * (2 if self.mirror and split == "train" else 1)
+
     def num_classes(self, split: str) -> int:
-        return len(self.characters(split)) * (ROTATIONS if self.rotations else 1)
+        return len(self.characters(split)) * self.variants(split)
 
     def sample(self, task: TaskDescriptor, queries: int | None = None) -> Episode:
         queries = self.queries if queries is None else queries
         n, k = self.ways, self.shots
         _check_drawings(k, queries)
         chars = self.characters(task.split)
-        turns = ROTATIONS if self.rotations else 1
+        turns = self.variants(task.split)
         if n > len(chars) * turns:
             raise DatasetError(f"{n}-way episodes need {n} classes; the {task.split} split of {self.root} has "
-                               f"{len(chars) * turns} ({len(chars)} characters x {turns} rotation(s))")
+                               f"{len(chars) * turns} ({len(chars)} characters x {turns} turns or mirror images)")
         rng = task.rng()
         # ``choice`` returns the classes in random order, so label i = classes[i] is a random labelling.
         classes = rng.choice(len(chars) * turns, size=n, replace=False)
@@ -121,7 +127,7 @@ class OmniglotTasks:
         shifts = rng.integers(-s, s + 1, size=(n, k + queries, 2)) if s else np.zeros((n, k + queries, 2), np.int64)
         return Episode(
             characters=chars[classes // turns],
-            rotations=(classes % turns).astype(np.int64),
+            rotations=((classes % turns) * (1 if self.rotations else ROTATIONS)).astype(np.int64),
             drawings=drawings.astype(np.int64),
             support_order=support_order,
             query_order=query_order,
@@ -168,8 +174,11 @@ class OmniglotTasks:
         drawing = np.take_along_axis(drawings.reshape(t, n * per), order, axis=1)
         turn = np.take_along_axis(turns, labels, axis=1)
         images = np.asarray(self.data.images[char, drawing])  # [T, P, 28, 28] uint8
+        mirrored = turn >= ROTATIONS
+        if mirrored.any():
+            images[mirrored] = images[mirrored][..., ::-1]
         for quarter in range(1, ROTATIONS):
-            hit = turn == quarter
+            hit = turn % ROTATIONS == quarter
             if hit.any():
                 images[hit] = np.rot90(images[hit], quarter, axes=(-2, -1))
         images = translate(images, np.take_along_axis(shifts.reshape(t, n * per, 2), order[..., None], axis=1))
