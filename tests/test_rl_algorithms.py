@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution, kl_divergence
 
 from metaorch.algorithms.rl.batching import concat_episodes, masked_mean, to_tensors, transitions
@@ -737,3 +738,36 @@ def test_pearl_learns_to_infer_the_goal_from_context():
     after = posterior_return()
     # 5 steps of -|a - goal|: a goal-blind policy at best -3 (a = 0), knowing the goal 0
     assert after > -1.5 and after > before + 1.0, (before, after)
+
+
+def test_pearl_set_encoder_averages_features_before_its_output_layers():
+    """aggregator=set (Deep Sets): one Gaussian per context from the mean of per-transition
+    features, the same for any order of the transitions and for a batch of contexts; the
+    prior before any context; the update trains it with a finite KL."""
+    config = PEARLConfig(latent_dim=2, hidden=(16,), encoder_hidden=(8, 8), batch_size=16, context_size=5, aggregator="set")
+    policy = PEARLPolicy(1, 1, config)
+    pearl = PEARL(policy, seed=0)
+    encoder = policy.split(pearl.worker_params())[1]
+    ctx = torch.randn(3, 7, 4, generator=torch.Generator().manual_seed(1))  # 3 contexts of 7 (s, a, r, s')
+    mu, var = policy.posterior(encoder, ctx)
+    assert mu.shape == var.shape == (3, 2) and bool((var > 0).all())
+    net = policy.encoder.to_module(encoder)
+    features = net[:4](ctx).mean(-2)  # Linear, ReLU, Linear, ReLU: the per-transition features
+    out = net[5:](features)
+    torch.testing.assert_close(mu, out[:, :2])
+    torch.testing.assert_close(var, F.softplus(out[:, 2:]))
+    shuffled = ctx[:, torch.randperm(7, generator=torch.Generator().manual_seed(2))]
+    torch.testing.assert_close(policy.posterior(encoder, shuffled), (mu, var))
+    torch.testing.assert_close(policy.posterior(encoder, ctx[1]), (mu[1], var[1]))
+    empty_mu, empty_var = policy.posterior(encoder, ctx[0, :0])
+    assert torch.equal(empty_mu, torch.zeros(2)) and torch.equal(empty_var, torch.ones(2))
+    gen = torch.Generator().manual_seed(0)
+
+    def sample(p, n, deterministic=False):
+        return rollout(policy, p, n, 5, *constant_goal_env(0.5), gen, deterministic=deterministic)
+
+    pearl.add(0, PEARLPlan(policy, prior_episodes=2, posterior_episodes=1)(sample, pearl.worker_params()))
+    before = pearl.worker_params().clone()
+    metrics = pearl.update(pearl.sample_batch([0], np.random.default_rng(0)))
+    assert metrics["kl"] > 0.0 and np.isfinite(list(metrics.values())).all()
+    assert not torch.equal(policy.split(pearl.worker_params())[1], policy.split(before)[1])  # the encoder learned

@@ -52,24 +52,44 @@ def make_context(obs: Any, actions: Any, rewards: Any, next_obs: Any, use_next_o
     return np.concatenate(parts, -1).astype(np.float32)
 
 
+class MeanOverContext(nn.Module):
+    """Deep Sets' pooling: the mean over a context's transitions (dim -2), whatever their number."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(-2)
+
+
+def context_encoder(in_features: int, hidden: Sequence[int], out_features: int, aggregator: str) -> nn.Sequential:
+    """oyster's per-transition MLP (``product``), or Deep Sets (``set``): the same MLP's features
+    averaged over the context, then one more hidden layer and the output. Averaging features
+    before a nonlinearity lets it combine transitions (least squares' sums, say), which a
+    product of per-transition Gaussians can only do in separate latent dimensions."""
+    if aggregator == "product":
+        return mlp(in_features, hidden, out_features)
+    width = hidden[-1]
+    return nn.Sequential(*mlp(in_features, hidden[:-1], width), nn.ReLU(), MeanOverContext(), *mlp(width, (width,), out_features))
+
+
 def encoder_posterior(
     encoder: nn.Module | FunctionalModel, context: torch.Tensor, params: torch.Tensor | None = None, bottleneck: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu, var) of q(z | context) from context [..., C, context_dim]; C may be 0 (the prior).
 
-    Without the ``bottleneck`` (oyster's ``use_information_bottleneck=False``) the encoder gives
-    one vector per transition and z is their mean, exactly (var 0; 0 for an empty context).
+    Without the ``bottleneck`` (oyster's ``use_information_bottleneck=False``) z is exact (var 0;
+    0 for an empty context): the mean of the per-transition encodings, or the set encoder's output.
     """
+    module = encoder.module if isinstance(encoder, FunctionalModel) else encoder
     if context.shape[-2] == 0:
-        latent = (encoder.module if isinstance(encoder, FunctionalModel) else encoder)[-1].out_features // (2 if bottleneck else 1)
+        latent = module[-1].out_features // (2 if bottleneck else 1)
         shape = (*context.shape[:-2], latent)
         return context.new_zeros(shape), context.new_ones(shape) if bottleneck else context.new_zeros(shape)
     out = encoder(params, context) if params is not None else encoder(context)
+    pooled = any(isinstance(m, MeanOverContext) for m in module)  # the set encoder: one output per context
     if not bottleneck:
-        mu = out.mean(-2)
+        mu = out if pooled else out.mean(-2)
         return mu, torch.zeros_like(mu)
     mus, raw = out.chunk(2, dim=-1)
-    return product_of_gaussians(mus, F.softplus(raw))
+    return (mus, F.softplus(raw).clamp_min(1e-7)) if pooled else product_of_gaussians(mus, F.softplus(raw))
 
 
 # -- the tanh-Gaussian actor ---------------------------------------------------------------
@@ -119,7 +139,7 @@ class PEARLPolicy:
         self.actor = FunctionalModel(_Actor(obs_dim + config.latent_dim, act_dim, config.hidden))
         ctx = context_dim(obs_dim, act_dim, config.use_next_obs)
         outputs = (2 if config.information_bottleneck else 1) * config.latent_dim  # (mu, var) or z's share per transition
-        self.encoder = FunctionalModel(mlp(ctx, config.encoder_hidden, outputs))
+        self.encoder = FunctionalModel(context_encoder(ctx, config.encoder_hidden, outputs, config.aggregator))
         self.low = torch.as_tensor(np.broadcast_to(np.asarray(action_low, np.float32), (act_dim,)).copy())
         self.high = torch.as_tensor(np.broadcast_to(np.asarray(action_high, np.float32), (act_dim,)).copy())
         if not bool((self.high > self.low).all()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,10 @@ class PEARLConfig:
     # oyster's use_information_bottleneck: q(z | c) a product of Gaussians with a KL to the prior;
     # False: z is the plain mean of the per-transition encodings (deterministic, no KL; z = 0 before any context)
     information_bottleneck: bool = True
+    # product: oyster's encoder, one Gaussian factor (or, without the bottleneck, one z) per transition,
+    # combined by their product (mean); set: a Deep Sets encoder, per-transition features averaged and
+    # then read by an MLP, which can combine what several transitions say (one Gaussian, or one z)
+    aggregator: Literal["product", "set"] = "product"
     reward_scale: float = 5.0
     alpha: float = 1.0  # entropy temperature (fixed; the reward scale sets the trade-off)
     gamma: float = 0.99
